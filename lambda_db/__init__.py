@@ -1,0 +1,34 @@
+"""lambda-db: one health-checked PostgreSQL connection per AWS Lambda execution environment.
+
+See the README for the design; the public API is this list.
+"""
+
+from lambda_db.config import Settings
+from lambda_db.database import Database, Stats
+from lambda_db.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionLimitError,
+    ConnectionLostError,
+    DatabaseUnavailableError,
+    LambdaDbError,
+)
+from lambda_db.handler import default_database, get_connection, reset, with_connection
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConnectionLimitError",
+    "ConnectionLostError",
+    "Database",
+    "DatabaseUnavailableError",
+    "LambdaDbError",
+    "Settings",
+    "Stats",
+    "default_database",
+    "get_connection",
+    "reset",
+    "with_connection",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,158 @@
+"""What a psycopg2 error means for us: retry, refresh credentials, reconnect, or give up.
+
+The pool decides *when* to check; this module decides *what counts as* a full server,
+a disconnect or an authentication failure (SQLAlchemy's split between pool and
+dialect). SQLSTATE wins where psycopg2 has one (``exc.pgcode``); at connect time libpq
+usually gives only the message text, so the server's wordings are matched as a
+fallback. The wordings cover PostgreSQL 11-18 and RDS Proxy.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import psycopg2
+
+__all__ = ["Failure", "classify_connect_error", "is_disconnect"]
+
+
+class Failure(enum.Enum):
+    """The kinds of connect failure, each with its own handling."""
+
+    #: SQLSTATE 53300 in any wording: back off and retry inside the deadline.
+    CONNECTION_LIMIT = "connection limit reached"
+    #: 57P03, refused, reset, timeout, proxy throttling: back off and retry.
+    UNAVAILABLE = "database unavailable"
+    #: Wrong password or an expired/invalid token: refresh the credentials once.
+    AUTHENTICATION = "authentication failed"
+    #: Misconfiguration (unknown database or role, TLS required, bad certificate): no retry.
+    CONFIGURATION = "configuration error"
+    #: Anything else: propagate unchanged.
+    OTHER = "other error"
+
+
+# SQLSTATEs (https://www.postgresql.org/docs/current/errcodes-appendix.html)
+TOO_MANY_CONNECTIONS = "53300"
+CANNOT_CONNECT_NOW = "57P03"
+ADMIN_SHUTDOWN = "57P01"
+CRASH_SHUTDOWN = "57P02"
+INVALID_PASSWORD = "28P01"  # noqa: S105 (a SQLSTATE)
+INVALID_AUTHORIZATION = "28000"
+INVALID_CATALOG_NAME = "3D000"
+_DISCONNECT_CODES = (ADMIN_SHUTDOWN, CRASH_SHUTDOWN, CANNOT_CONNECT_NOW)
+
+_LIMIT_WORDINGS = (
+    "too many connections for role",
+    "too many connections for database",
+    "sorry, too many clients already",
+    "remaining connection slots are reserved",  # PG <= 15 and >= 16 wordings share this
+    "too many connections",
+)
+_THROTTLED_WORDINGS = (
+    # RDS Proxy and RDS rate-limit IAM logins; waiting is the cure.
+    "too many competing requests",
+    "rate exceeded",
+    "throttl",
+)
+_UNAVAILABLE_WORDINGS = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "connection refused",
+    "connection reset",
+    "timeout expired",
+    "timed out",
+    "server closed the connection unexpectedly",
+    "could not receive data from server",
+    "could not send data to server",
+    "no route to host",
+    "network is unreachable",
+    "terminating connection",
+    "ssl syscall error",
+    "eof detected",
+)
+_AUTH_WORDINGS = (
+    "password authentication failed",
+    "pam authentication failed",  # RDS instance IAM auth
+    "iam authentication failed",
+    "authentication failed",
+    "the iam authentication token",
+    "token has expired",
+    "signature expired",
+)
+_CONFIG_WORDINGS = (
+    "does not exist",  # database or role
+    "allowed only with ssl",  # RDS Proxy: IAM needs TLS
+    "no pg_hba.conf entry",
+    "certificate verify failed",
+    "does not match host name",
+    "root certificate file",
+    "could not translate host name",
+    "server does not support ssl",
+    "sslmode value",
+    "invalid connection option",
+    "unsupported startup parameter",
+    "has no credentials for the role",  # RDS Proxy: the role is not in the proxy's secrets
+)
+
+
+def classify_connect_error(exc: BaseException) -> Failure:
+    """Classify an exception raised by :func:`psycopg2.connect`.
+
+    >>> classify_connect_error(psycopg2.OperationalError(
+    ...     'connection to server at "db" failed: FATAL:  too many connections for role "myapp"'))
+    <Failure.CONNECTION_LIMIT: 'connection limit reached'>
+    """
+    if not isinstance(exc, psycopg2.Error):
+        return Failure.OTHER
+    code = exc.pgcode
+    if code == TOO_MANY_CONNECTIONS:
+        return Failure.CONNECTION_LIMIT
+    if code in (CANNOT_CONNECT_NOW, ADMIN_SHUTDOWN, CRASH_SHUTDOWN) or (code or "").startswith(
+        "08"
+    ):
+        return Failure.UNAVAILABLE
+    if code == INVALID_PASSWORD:
+        return Failure.AUTHENTICATION
+    if code == INVALID_CATALOG_NAME:
+        return Failure.CONFIGURATION
+    message = str(exc).lower()
+    # Order matters: a throttled IAM login reads "...authentication failed: too many
+    # competing requests" and must wait, not refresh.
+    for kind, wordings in (
+        (Failure.CONNECTION_LIMIT, _LIMIT_WORDINGS),
+        (Failure.UNAVAILABLE, _THROTTLED_WORDINGS),
+        (Failure.CONFIGURATION, _CONFIG_WORDINGS),
+        (Failure.AUTHENTICATION, _AUTH_WORDINGS),
+        (Failure.UNAVAILABLE, _UNAVAILABLE_WORDINGS),
+    ):
+        if any(w in message for w in wordings):
+            return kind
+    if code == INVALID_AUTHORIZATION:
+        return Failure.AUTHENTICATION
+    if isinstance(exc, psycopg2.OperationalError) and code is None:
+        return Failure.UNAVAILABLE  # libpq-level failure with no server verdict
+    return Failure.OTHER
+
+
+def is_disconnect(exc: BaseException, conn: object | None = None) -> bool:
+    """True when ``exc`` means the connection is gone (so: reconnect, never retry it).
+
+    ``conn.closed`` is psycopg2's own verdict after a failed operation; SQLSTATE class
+    08 and the shutdown codes (``57P01`` is what ``pg_terminate_backend`` sends) cover
+    the cases where the socket is still open.
+    """
+    if conn is not None and getattr(conn, "closed", False):
+        return True
+    if isinstance(exc, psycopg2.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg2.Error):
+        return False
+    code = exc.pgcode or ""
+    if code in _DISCONNECT_CODES or code.startswith("08"):
+        return True
+    if isinstance(exc, psycopg2.OperationalError) and not code:
+        message = str(exc).lower()
+        return any(w in message for w in _UNAVAILABLE_WORDINGS)
+    return False

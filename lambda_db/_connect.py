@@ -1,0 +1,228 @@
+"""Open one connection, retrying what waiting can cure, inside one deadline.
+
+* full server/role/database (53300), starting up (57P03), refused, reset, timed out,
+  throttled IAM logins: full-jitter backoff (:class:`~lambda_db._backoff.Backoff`), as
+  long as the next attempt can start before the deadline;
+* authentication failure: one immediate retry with refreshed credentials when the
+  provider can refresh (rotated secret, expired token), then :class:`AuthenticationError`;
+* unknown database or role, TLS misconfiguration: :class:`ConfigurationError`, no retry;
+* anything else: propagates unchanged.
+
+The first attempt never sleeps: replacing a connection the server killed is immediate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from lambda_db._backoff import Backoff
+from lambda_db._classify import Failure, classify_connect_error
+from lambda_db._credentials import CredentialProvider, Credentials
+from lambda_db.config import (
+    ENCRYPTED_SSLMODES,
+    ENV_ALLOW_INSECURE,
+    ENV_HOST,
+    ENV_NAME,
+    ENV_SSLMODE,
+    Settings,
+    is_loopback,
+)
+from lambda_db.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionLimitError,
+    DatabaseUnavailableError,
+)
+
+__all__ = ["ConnectResult", "connect_with_retry", "connect_kwargs"]
+
+logger = logging.getLogger(__name__)
+
+#: libpq rounds connect_timeout to whole seconds and treats anything below 2 as 2.
+_LIBPQ_MIN_CONNECT_TIMEOUT = 2
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    """A new connection and what it took to get it."""
+
+    connection: psycopg2.extensions.connection
+    attempts: int
+    retries: int
+    refreshed: bool
+    seconds: float
+
+
+def connect_kwargs(
+    settings: Settings, credentials: Credentials, *, remaining: float
+) -> dict[str, Any]:
+    """The keyword arguments for :func:`psycopg2.connect` (the password travels only here).
+
+    Raises :class:`ConfigurationError` when a required value is missing or when a
+    sensitive credential would cross a non-encrypted link to a remote host.
+    """
+    host = settings.host or credentials.host or ""
+    dbname = settings.dbname or credentials.dbname or ""
+    port = settings.port if settings.host or not credentials.port else credentials.port
+    if not host:
+        raise ConfigurationError(f"{ENV_HOST} is not set and the credentials name no host",
+                                 variable=ENV_HOST)  # fmt: skip
+    if not dbname:
+        raise ConfigurationError(f"{ENV_NAME} is not set and the credentials name no database",
+                                 variable=ENV_NAME)  # fmt: skip
+    sslmode = settings.effective_sslmode(host)
+    kwargs: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "dbname": dbname,
+        "user": credentials.user,
+        "password": credentials.password,
+        "sslmode": sslmode,
+        "application_name": settings.application_name[:63],
+        "connect_timeout": max(
+            _LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(min(settings.connect_timeout, remaining))
+        ),
+        # Between invocations the environment is frozen and keepalives cannot run;
+        # they matter for long statements, where they notice a dead peer.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    if sslmode in ("verify-ca", "verify-full"):
+        kwargs["sslrootcert"] = settings.sslrootcert or _default_ca_bundle()
+    elif settings.sslrootcert:
+        kwargs["sslrootcert"] = settings.sslrootcert
+    return kwargs
+
+
+def _default_ca_bundle() -> str:
+    """certifi's bundle: it holds the Amazon Trust Services roots RDS Proxy presents."""
+    import certifi
+
+    return str(certifi.where())
+
+
+def check_transport(
+    settings: Settings, provider: CredentialProvider, kwargs: dict[str, Any]
+) -> None:
+    """Refuse to send a token or a secret's password in clear text to a remote host."""
+    if (
+        provider.sensitive
+        and not settings.allow_insecure_transport
+        and not is_loopback(kwargs["host"])
+        and kwargs["sslmode"] not in ENCRYPTED_SSLMODES
+    ):
+        raise ConfigurationError(
+            f"refusing to send {provider.mode} credentials to {kwargs['host']} with "
+            f"{ENV_SSLMODE}={kwargs['sslmode']}: use require, verify-ca or verify-full "
+            f"(the default), or set {ENV_ALLOW_INSECURE}=true to accept the risk",
+            variable=ENV_SSLMODE,
+        )
+
+
+def connect_with_retry(
+    settings: Settings,
+    provider: CredentialProvider,
+    *,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    backoff: Backoff | None = None,
+    connect: Callable[..., psycopg2.extensions.connection] = psycopg2.connect,
+) -> ConnectResult:
+    """Open a connection before ``deadline`` (a ``clock()`` value), or raise a typed error."""
+    backoff = backoff or Backoff()
+    start = clock()
+    budget = max(0.0, deadline - start)
+    attempts = retries = 0
+    refresh = refreshed = False
+    while True:
+        attempts += 1
+        credentials = provider.get(refresh=refresh)
+        refresh = False
+        kwargs = connect_kwargs(settings, credentials, remaining=deadline - clock())
+        check_transport(settings, provider, kwargs)
+        try:
+            conn = connect(**kwargs)
+        except psycopg2.Error as exc:
+            failure = classify_connect_error(exc)
+            where = f"{kwargs['host']}:{kwargs['port']}/{kwargs['dbname']} as {kwargs['user']!r}"
+            reason = _first_line(exc)
+            if failure is Failure.AUTHENTICATION:
+                if provider.refreshable and not refreshed:
+                    refresh = refreshed = True
+                    logger.info(
+                        "authentication failed for %s; retrying once with refreshed %s "
+                        "credentials", where, provider.mode,
+                    )  # fmt: skip
+                    continue
+                raise AuthenticationError(
+                    f"authentication failed for {where}"
+                    f"{' even after refreshing the credentials' if refreshed else ''}: "
+                    f"{reason}. Check {provider.describe()}"
+                ) from exc
+            if failure is Failure.CONFIGURATION:
+                raise ConfigurationError(
+                    f"cannot connect to {where}: {reason}. This is not retried: check the "
+                    f"DB_* settings (host, database, user, TLS)",
+                    variable=_variable_for(reason),
+                ) from exc
+            if failure not in (Failure.CONNECTION_LIMIT, Failure.UNAVAILABLE):
+                raise
+            wait = backoff.delay(retries)
+            now = clock()
+            if now + wait >= deadline:
+                error = (
+                    ConnectionLimitError
+                    if failure is Failure.CONNECTION_LIMIT
+                    else DatabaseUnavailableError
+                )
+                raise error(
+                    f"could not connect to {where}: {failure.value} on each of {attempts} "
+                    f"attempt(s) within the {budget:.2f} s budget (last error: {reason})"
+                    + (
+                        ". Free slots: lower reserved concurrency, use RDS Proxy, or run "
+                        "'lambda-db doctor'"
+                        if failure is Failure.CONNECTION_LIMIT
+                        else ""
+                    ),
+                    attempts=attempts,
+                    budget=budget,
+                ) from exc
+            retries += 1
+            logger.info(
+                "connect attempt %d to %s failed (%s: %s); retrying in %.3f s",
+                attempts, where, failure.value, reason, wait,
+            )  # fmt: skip
+            sleep(wait)
+            continue
+        return ConnectResult(conn, attempts, retries, refreshed, clock() - start)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The server's verdict without libpq's "connection to server at ... failed:" prefix."""
+    text = " ".join(str(exc).split("\n")[:2]).strip()
+    marker = "failed: "
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return text.replace("FATAL:  ", "").strip() or type(exc).__name__
+
+
+def _variable_for(reason: str) -> str | None:
+    lowered = reason.lower()
+    if "database" in lowered:
+        return ENV_NAME
+    if "ssl" in lowered or "certificate" in lowered:
+        return ENV_SSLMODE
+    if "host name" in lowered:
+        return ENV_HOST
+    return None

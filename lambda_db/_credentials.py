@@ -1,0 +1,102 @@
+"""Credentials: who we log in as, and where a fresh password comes from.
+
+A :class:`CredentialProvider` answers :meth:`~CredentialProvider.get` with
+:class:`Credentials`. The connect loop asks for them before every attempt (a provider
+caches as it sees fit) and, after an authentication failure, asks once more with
+``refresh=True`` when the provider is :attr:`~CredentialProvider.refreshable`: that is
+how a rotated secret or an expired token recovers without a second failure.
+
+The three modes (``DB_AUTH_MODE``):
+
+* ``password``: ``DB_USER``/``DB_PASSWORD`` from the environment (:class:`PasswordProvider`);
+* ``secret``: a Secrets Manager secret (``lambda_db._secrets``; imports boto3 lazily);
+* ``iam``: an RDS IAM auth token minted locally (``lambda_db._iam``; imports botocore lazily).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lambda_db.config import ENV_PASSWORD, Settings
+
+__all__ = ["CredentialProvider", "Credentials", "PasswordProvider", "make_provider"]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A login. ``host``/``port``/``dbname`` are filled only by a provider that knows them
+    (an RDS secret does); the environment's values win over them."""
+
+    user: str
+    password: str | None = field(default=None, repr=False)
+    host: str | None = None
+    port: int | None = None
+    dbname: str | None = None
+
+
+class CredentialProvider(Protocol):
+    """Where credentials come from. Implementations never log or show the password."""
+
+    #: The ``DB_AUTH_MODE`` this provider serves.
+    mode: str
+
+    @property
+    def refreshable(self) -> bool:
+        """True when ``get(refresh=True)`` may return something new (a refetch, a new token)."""
+        ...
+
+    @property
+    def sensitive(self) -> bool:
+        """True when the password must never cross a non-encrypted link to a remote host."""
+        ...
+
+    def get(self, *, refresh: bool = False) -> Credentials:
+        """Credentials for the next attempt; ``refresh=True`` bypasses every cache."""
+        ...
+
+    def describe(self) -> str:
+        """A safe description for error messages (names, ARNs; never a value)."""
+        ...
+
+    def invalidate(self) -> None:
+        """Forget cached material (SnapStart restore, tests)."""
+        ...
+
+
+class PasswordProvider:
+    """``DB_AUTH_MODE=password``: the user and password given in the settings.
+
+    >>> p = PasswordProvider(Settings(host="h", dbname="d", user="u", password="pw"))
+    >>> p.get().user, p.refreshable
+    ('u', False)
+    """
+
+    mode = "password"
+    refreshable = False
+    sensitive = False
+
+    def __init__(self, settings: Settings) -> None:
+        self._credentials = Credentials(user=settings.user, password=settings.password)
+
+    def get(self, *, refresh: bool = False) -> Credentials:
+        return self._credentials
+
+    def describe(self) -> str:
+        return f"the password in {ENV_PASSWORD} for user {self._credentials.user!r}"
+
+    def invalidate(self) -> None:
+        return None
+
+
+def make_provider(settings: Settings) -> CredentialProvider:
+    """The provider for ``settings.auth_mode``; AWS libraries load only in their mode."""
+    if settings.auth_mode == "secret":
+        from lambda_db._secrets import SecretProvider
+
+        return SecretProvider(settings)
+    if settings.auth_mode == "iam":
+        from lambda_db._iam import IamTokenProvider
+
+        return IamTokenProvider(settings)
+    return PasswordProvider(settings)

@@ -1,0 +1,258 @@
+"""Configuration: one frozen :class:`Settings`, read from the environment or built in code.
+
+An explicit argument beats an environment variable, which beats the default. Every
+environment variable name lives here, as a constant, and a bad value raises
+:class:`~lambda_db.errors.ConfigurationError` naming the variable. Times are float seconds.
+
+Example::
+
+    >>> s = Settings.from_env({"DB_HOST": "localhost", "DB_NAME": "app", "DB_USER": "app",
+    ...                        "DB_PASSWORD": "pw"})
+    >>> s.port, s.auth_mode, s.sslmode
+    (5432, 'password', 'prefer')
+    >>> s                                   # the password never shows
+    Settings(host='localhost', port=5432, dbname='app', user='app', auth_mode='password', ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lambda_db.errors import ConfigurationError
+
+__all__ = ["AuthMode", "Settings"]
+
+AuthMode = Literal["password", "secret", "iam"]
+AUTH_MODES: tuple[AuthMode, ...] = ("password", "secret", "iam")
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+#: sslmodes that encrypt for certain; anything weaker may send credentials in clear text.
+ENCRYPTED_SSLMODES = ("require", "verify-ca", "verify-full")
+
+# Environment variable names: the one place they are spelled.
+ENV_HOST = "DB_HOST"
+ENV_PORT = "DB_PORT"
+ENV_NAME = "DB_NAME"
+ENV_USER = "DB_USER"
+ENV_PASSWORD = "DB_PASSWORD"  # noqa: S105 (a variable name, not a password)
+ENV_SECRET_ARN = "DB_SECRET_ARN"  # noqa: S105
+ENV_AUTH_MODE = "DB_AUTH_MODE"
+ENV_SSLMODE = "DB_SSLMODE"
+ENV_SSLROOTCERT = "DB_SSLROOTCERT"
+ENV_REGION = "DB_REGION"
+ENV_AWS_REGION = "AWS_REGION"
+ENV_APPLICATION_NAME = "DB_APPLICATION_NAME"
+ENV_CONNECT_TIMEOUT = "DB_CONNECT_TIMEOUT"
+ENV_CONNECT_BUDGET = "DB_CONNECT_BUDGET"
+ENV_IDLE_PING_AFTER = "DB_IDLE_PING_AFTER"
+ENV_MAX_AGE = "DB_MAX_AGE"
+ENV_DEADLINE_MARGIN = "DB_DEADLINE_MARGIN"
+ENV_IDLE_IN_TRANSACTION_TIMEOUT = "DB_IDLE_IN_TRANSACTION_TIMEOUT"
+ENV_SECRET_MAX_AGE = "DB_SECRET_MAX_AGE"  # noqa: S105
+ENV_ALLOW_INSECURE = "DB_ALLOW_INSECURE_TRANSPORT"
+ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, a loopback address, or a Unix-socket directory.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("db.example.com")
+    (True, True, False)
+    """
+    if host.startswith("/") or host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything lambda-db needs to know to open and police one connection.
+
+    Build it with :meth:`from_env` (what :func:`lambda_db.get_connection` does) or
+    directly. Unset ``sslmode`` resolves to ``verify-full`` for a remote host and
+    ``prefer`` for a loopback one (see :attr:`effective_sslmode`).
+
+    Example::
+
+        settings = Settings(host="localhost", dbname="app", user="app", password="...")
+        db = lambda_db.Database(settings)
+    """
+
+    host: str = ""
+    port: int = 5432
+    dbname: str = ""
+    user: str = ""
+    auth_mode: AuthMode = "password"
+    password: str | None = field(default=None, repr=False)
+    secret_arn: str | None = None
+    sslmode: str | None = None
+    sslrootcert: str | None = None
+    region: str | None = None
+    application_name: str = "lambda-db"
+    #: libpq's connect_timeout for one attempt (whole seconds on the wire, at least 2).
+    connect_timeout: float = 5.0
+    #: Budget for connecting (all retries) outside Lambda, or when no context is given.
+    connect_budget: float = 10.0
+    #: Ping with ``SELECT 1`` only when the connection has been idle this long.
+    idle_ping_after: float = 2 * 60.0
+    #: Replace a connection older than this (``0`` disables recycling).
+    max_age: float = 30 * 60.0
+    #: Time kept free before the Lambda deadline: retries and statement_timeout stop here.
+    deadline_margin: float = 1.0
+    #: ``idle_in_transaction_session_timeout`` set per transaction (``None``: server's).
+    idle_in_transaction_timeout: float | None = None
+    #: How long a Secrets Manager value is cached.
+    secret_max_age: float = 5 * 60.0
+    #: Allow credentials over a non-encrypted link to a non-loopback host.
+    allow_insecure_transport: bool = False
+
+    def __post_init__(self) -> None:
+        if self.auth_mode not in AUTH_MODES:
+            raise ConfigurationError(
+                f"{ENV_AUTH_MODE} must be one of {', '.join(AUTH_MODES)}, got {self.auth_mode!r}",
+                variable=ENV_AUTH_MODE,
+            )
+        if self.sslmode is not None and self.sslmode not in SSLMODES:
+            raise ConfigurationError(
+                f"{ENV_SSLMODE} must be one of {', '.join(SSLMODES)}, got {self.sslmode!r}",
+                variable=ENV_SSLMODE,
+            )
+        if not 0 < self.port < 65536:
+            raise ConfigurationError(
+                f"{ENV_PORT} must be a TCP port (1-65535), got {self.port}", variable=ENV_PORT
+            )
+        for name, env, value in (
+            ("connect_timeout", ENV_CONNECT_TIMEOUT, self.connect_timeout),
+            ("connect_budget", ENV_CONNECT_BUDGET, self.connect_budget),
+        ):
+            if value <= 0:
+                raise ConfigurationError(f"{env} ({name}) must be > 0, got {value}", variable=env)
+        for name, env, value in (
+            ("idle_ping_after", ENV_IDLE_PING_AFTER, self.idle_ping_after),
+            ("max_age", ENV_MAX_AGE, self.max_age),
+            ("deadline_margin", ENV_DEADLINE_MARGIN, self.deadline_margin),
+            ("secret_max_age", ENV_SECRET_MAX_AGE, self.secret_max_age),
+        ):
+            if value < 0:
+                raise ConfigurationError(f"{env} ({name}) must be >= 0, got {value}", variable=env)
+
+    # -- reading the environment -------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read the ``DB_*`` variables; keyword ``overrides`` win over the environment.
+
+        Only syntax is checked here. Whether the variables a mode needs are present is
+        checked by :meth:`validate` at first use, so importing a handler never fails.
+        """
+        env = os.environ if environ is None else environ
+        function = env.get(ENV_FUNCTION_NAME)
+        values: dict[str, object] = {
+            "host": env.get(ENV_HOST, ""),
+            "port": _int(env, ENV_PORT, 5432),
+            "dbname": env.get(ENV_NAME, ""),
+            "user": env.get(ENV_USER, ""),
+            "auth_mode": (env.get(ENV_AUTH_MODE) or "password").strip().lower(),
+            "password": env.get(ENV_PASSWORD),
+            "secret_arn": env.get(ENV_SECRET_ARN) or None,
+            "sslmode": env.get(ENV_SSLMODE) or None,
+            "sslrootcert": env.get(ENV_SSLROOTCERT) or None,
+            "region": env.get(ENV_REGION) or env.get(ENV_AWS_REGION) or None,
+            "application_name": env.get(ENV_APPLICATION_NAME)
+            or (f"lambda-db:{function}" if function else "lambda-db"),
+            "connect_timeout": _float(env, ENV_CONNECT_TIMEOUT, 5.0),
+            "connect_budget": _float(env, ENV_CONNECT_BUDGET, 10.0),
+            "idle_ping_after": _float(env, ENV_IDLE_PING_AFTER, 2 * 60.0),
+            "max_age": _float(env, ENV_MAX_AGE, 30 * 60.0),
+            "deadline_margin": _float(env, ENV_DEADLINE_MARGIN, 1.0),
+            "idle_in_transaction_timeout": _optional_float(env, ENV_IDLE_IN_TRANSACTION_TIMEOUT),
+            "secret_max_age": _float(env, ENV_SECRET_MAX_AGE, 5 * 60.0),
+            "allow_insecure_transport": _bool(env, ENV_ALLOW_INSECURE),
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    # -- checks made at first use --------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigurationError` naming the first missing variable.
+
+        ``secret`` mode may take host, port and database name from the secret, so
+        only ``DB_SECRET_ARN`` is required there.
+        """
+        required: list[tuple[str, str]]
+        if self.auth_mode == "secret":
+            required = [(ENV_SECRET_ARN, self.secret_arn or "")]
+        else:
+            required = [(ENV_HOST, self.host), (ENV_NAME, self.dbname), (ENV_USER, self.user)]
+            if self.auth_mode == "password":
+                required.append((ENV_PASSWORD, "set" if self.password is not None else ""))
+        for variable, value in required:
+            if not value:
+                raise ConfigurationError(
+                    f"{variable} is not set; {self.auth_mode!r} auth mode needs it "
+                    f"(set it in the function's environment, or pass it to Settings)",
+                    variable=variable,
+                )
+
+    def effective_sslmode(self, host: str | None = None) -> str:
+        """The sslmode used for ``host``: explicit ``sslmode``, else by where the host is.
+
+        >>> Settings(host="proxy.example.com").effective_sslmode()
+        'verify-full'
+        >>> Settings(host="127.0.0.1").effective_sslmode()
+        'prefer'
+        """
+        if self.sslmode:
+            return self.sslmode
+        return "prefer" if is_loopback(host or self.host) else "verify-full"
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}", variable=name) from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _optional_float(env, name)
+    return default if value is None else value
+
+
+def _optional_float(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} must be a number of seconds, got {raw!r}", variable=name
+        ) from None
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}", variable=name)

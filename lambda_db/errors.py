@@ -1,0 +1,80 @@
+"""The errors lambda-db raises.
+
+Every error derives from one root, so ``except LambdaDbError`` catches them all,
+and the cause is always chained (``raise ... from exc``)::
+
+    LambdaDbError
+    ├── ConfigurationError          a variable or option is missing or invalid
+    ├── AuthenticationError         the server refused the credentials
+    └── DatabaseUnavailableError    no usable connection within the budget: retry later
+        ├── ConnectionLimitError    the server, role or database was full (SQLSTATE 53300)
+        └── ConnectionLostError     the connection died while the invocation used it
+
+``DatabaseUnavailableError`` is the "try again later" family: an HTTP API maps it to
+``503`` with ``Retry-After``. Messages name what failed, the limit or budget involved and
+what to check; they never contain a password, token, secret value or DSN.
+
+Example::
+
+    try:
+        conn = lambda_db.get_connection()
+    except lambda_db.DatabaseUnavailableError as exc:
+        return {"statusCode": 503, "headers": {"Retry-After": "1"}, "body": str(exc)}
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "ConnectionLimitError",
+    "ConnectionLostError",
+    "DatabaseUnavailableError",
+    "LambdaDbError",
+]
+
+
+class LambdaDbError(Exception):
+    """Root of every error raised by lambda-db."""
+
+
+class ConfigurationError(LambdaDbError):
+    """A configuration value is missing or invalid.
+
+    ``variable`` names the environment variable (or option) at fault, so the
+    message can be acted on without reading the code.
+    """
+
+    def __init__(self, message: str, *, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+
+class AuthenticationError(LambdaDbError):
+    """The server (or RDS Proxy) refused the credentials, after any refresh we could try."""
+
+
+class DatabaseUnavailableError(LambdaDbError):
+    """No usable connection could be had within the time budget.
+
+    ``attempts`` is how many connection attempts were made and ``budget`` the
+    time, in seconds, the caller allowed for them.
+    """
+
+    def __init__(self, message: str, *, attempts: int = 0, budget: float | None = None) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.budget = budget
+
+
+class ConnectionLimitError(DatabaseUnavailableError):
+    """Every attempt met a full server, role or database (SQLSTATE 53300)."""
+
+
+class ConnectionLostError(DatabaseUnavailableError):
+    """The connection was lost while an invocation was using it.
+
+    The invocation fails: lambda-db never replays a statement. The next
+    invocation gets a fresh connection. When the loss happened during
+    ``COMMIT`` the outcome of the transaction is unknown, and the message says so.
+    """

@@ -1,0 +1,117 @@
+"""The module-level default database and the ``with_connection`` handler decorator.
+
+Example::
+
+    from lambda_db import get_connection, with_connection
+
+    @with_connection
+    def handler(event, context):
+        with get_connection().cursor() as cur:
+            cur.execute("SELECT count(*) FROM items")
+            return {"items": cur.fetchone()[0]}
+
+The decorator works bare or with options, and stacks with Powertools' decorators
+in any order, because it passes ``(event, context, *args, **kwargs)`` through untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from lambda_db.database import Connection, Database
+
+__all__ = ["default_database", "get_connection", "reset", "with_connection"]
+
+_default: Database | None = None
+_default_lock = threading.Lock()
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def default_database() -> Database:
+    """The module-level :class:`Database`, configured from the environment at first use."""
+    global _default
+    db = _default
+    if db is None:
+        with _default_lock:
+            if _default is None:
+                _default = Database()
+            db = _default
+    return db
+
+
+def get_connection() -> Connection:
+    """The execution environment's healthy connection (opened or replaced as needed).
+
+    Inside a ``@with_connection`` handler it is the invocation's connection, in the
+    invocation's transaction.
+
+    Example::
+
+        conn = lambda_db.get_connection()
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    """
+    return default_database().get_connection()
+
+
+def reset() -> None:
+    """Close and forget the default database (tests; environment changes)."""
+    global _default
+    with _default_lock:
+        db, _default = _default, None
+    if db is not None:
+        db.close()
+
+
+@overload
+def with_connection(handler: Handler, /) -> Handler: ...
+
+
+@overload
+def with_connection(
+    *, database: Database | None = None, inject: str | None = None
+) -> Callable[[Handler], Handler]: ...
+
+
+def with_connection(
+    handler: Handler | None = None,
+    /,
+    *,
+    database: Database | None = None,
+    inject: str | None = None,
+) -> Handler | Callable[[Handler], Handler]:
+    """Scope each invocation's transaction: commit on return, roll back on raise.
+
+    * ``database``: use this :class:`Database` instead of the default one (then call
+      ``database.get_connection()``, or use ``inject``, inside the handler);
+    * ``inject``: pass the connection to the handler as this keyword argument.
+
+    The connect budget and the transaction-local ``statement_timeout`` come from
+    ``context.get_remaining_time_in_millis()`` minus ``DB_DEADLINE_MARGIN``.
+
+    Example::
+
+        @logger.inject_lambda_context
+        @with_connection(inject="conn")
+        def handler(event, context, conn):
+            ...
+    """
+
+    def decorate(func: Handler) -> Handler:
+        @functools.wraps(func)
+        def wrapper(event: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
+            db = database if database is not None else default_database()
+            with db.invocation(context) as conn:
+                if inject is not None:
+                    kwargs[inject] = conn
+                return func(event, context, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    if handler is not None:
+        return decorate(handler)
+    return decorate
