@@ -47,6 +47,7 @@ from lambda_db._backoff import Backoff
 from lambda_db._classify import is_disconnect
 from lambda_db._connect import connect_with_retry
 from lambda_db._credentials import CredentialProvider, make_provider
+from lambda_db._watchdog import deadline_guard
 from lambda_db.config import Settings
 from lambda_db.errors import ConnectionLostError, LambdaDbError
 
@@ -221,7 +222,10 @@ class Database:
         autocommit = conn.autocommit
         try:
             conn.autocommit = True
-            with conn.cursor() as cur:
+            with (
+                deadline_guard(time.monotonic() + self.settings.connect_timeout),
+                conn.cursor() as cur,
+            ):
                 cur.execute("SELECT 1")
         except psycopg2.Error as exc:
             if is_disconnect(exc, conn):
@@ -291,14 +295,23 @@ class Database:
             conn = self.get_connection(deadline=deadline)
             self.stats.invocations += 1
             self._in_invocation = True
+            # Client-side bound for a silent network path: half the margin after the
+            # server-side statement_timeout, still before Lambda's own timeout.
+            guard = (
+                None
+                if remaining is None
+                else time.monotonic() + max(0.0, remaining - settings.deadline_margin / 2)
+            )
             try:
-                self._begin(conn, statement_timeout)
-                yield conn
-            except BaseException as exc:
-                self._end_failed(conn, exc)
-                raise
-            else:
-                self._end_ok(conn)
+                with deadline_guard(guard):
+                    try:
+                        self._begin(conn, statement_timeout)
+                        yield conn
+                    except BaseException as exc:
+                        self._end_failed(conn, exc)
+                        raise
+                    else:
+                        self._end_ok(conn)
             finally:
                 self._in_invocation = False
                 self._last_used = self._clock()

@@ -29,6 +29,7 @@ _default: Database | None = None
 _default_lock = threading.Lock()
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
+R = TypeVar("R")
 
 
 def default_database() -> Database:
@@ -73,8 +74,14 @@ def with_connection(handler: Handler, /) -> Handler: ...
 
 @overload
 def with_connection(
-    *, database: Database | None = None, inject: str | None = None
+    *, database: Database | None = None, inject: None = None
 ) -> Callable[[Handler], Handler]: ...
+
+
+@overload
+def with_connection(
+    *, database: Database | None = None, inject: str
+) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
 
 
 def with_connection(
@@ -83,7 +90,7 @@ def with_connection(
     *,
     database: Database | None = None,
     inject: str | None = None,
-) -> Handler | Callable[[Handler], Handler]:
+) -> Any:
     """Scope each invocation's transaction: commit on return, roll back on raise.
 
     * ``database``: use this :class:`Database` instead of the default one (then call

@@ -124,3 +124,48 @@ def _reset_default_database() -> Iterator[None]:
     lambda_db.reset()
     yield
     lambda_db.reset()
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (``clock.advance(30)``)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeLambdaContext:
+    """What the Lambda runtime passes as ``context``, with a real deadline.
+
+    ``get_remaining_time_in_millis()`` counts down from ``timeout_ms`` on the real
+    monotonic clock, as in Lambda.
+    """
+
+    def __init__(self, timeout_ms: int = 3000, function_name: str = "test-function") -> None:
+        import time
+
+        self._time = time
+        self._deadline = time.monotonic() + timeout_ms / 1000.0
+        self.function_name = function_name
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = 128
+        self.invoked_function_arn = (
+            f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+        )
+        self.aws_request_id = secrets.token_hex(8)
+        self.log_group_name = f"/aws/lambda/{function_name}"
+        self.log_stream_name = "test"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - self._time.monotonic()) * 1000))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake monotonic clock."""
+    return FakeClock()

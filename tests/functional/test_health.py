@@ -1,0 +1,163 @@
+"""Health checks on a real connection: cheapest first, a ping only when in doubt."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+import lambda_db
+from lambda_db import Database
+from tests.conftest import AppDb, FakeClock
+
+
+def make_db(app_db: AppDb, clock: FakeClock, **changes: object) -> Database:
+    return Database(app_db.settings.replace(**changes), clock=clock)
+
+
+def test_warm_gets_reuse_one_connection_without_pinging(app_db: AppDb, clock: FakeClock) -> None:
+    db = make_db(app_db, clock)
+    first = db.get_connection()
+    for _ in range(50):
+        clock.advance(1.0)
+        assert db.get_connection() is first
+    assert db.stats.connects == 1
+    assert db.stats.reuses == 50
+    assert db.stats.pings == 0
+    assert len(app_db.backends()) == 1
+    db.close()
+
+
+def test_idle_ping_triggers_exactly_at_the_threshold(app_db: AppDb, clock: FakeClock) -> None:
+    db = make_db(app_db, clock, idle_ping_after=60.0)
+    conn = db.get_connection()
+    clock.advance(59.999)
+    db.get_connection()
+    assert db.stats.pings == 0
+    clock.advance(59.999)  # idle counts from the last use, not from the connect
+    db.get_connection()
+    assert db.stats.pings == 0
+    clock.advance(60.0)
+    assert db.get_connection() is conn
+    assert db.stats.pings == 1
+    assert db.stats.connects == 1
+    # The ping ran in autocommit: nothing is left open.
+    assert conn.info.transaction_status == 0
+    assert conn.autocommit is False
+    db.close()
+
+
+def test_max_age_recycles_exactly_at_the_limit(app_db: AppDb, clock: FakeClock) -> None:
+    db = make_db(app_db, clock, max_age=300.0, idle_ping_after=1e9)
+    first = db.get_connection()
+    clock.advance(299.999)
+    assert db.get_connection() is first
+    clock.advance(0.001)
+    second = db.get_connection()
+    assert second is not first
+    assert first.closed
+    assert (db.stats.connects, db.stats.health_check_failures) == (2, 1)
+    assert len(app_db.backends()) == 1  # the old one really left the server
+    db.close()
+
+
+def test_max_age_zero_never_recycles(app_db: AppDb, clock: FakeClock) -> None:
+    db = make_db(app_db, clock, max_age=0.0, idle_ping_after=1e9)
+    first = db.get_connection()
+    clock.advance(10 * 24 * 3600)
+    assert db.get_connection() is first
+    db.close()
+
+
+def test_killed_backend_found_by_the_socket_poll_without_a_sleep(app_db: AppDb) -> None:
+    sleeps: list[float] = []
+    db = Database(app_db.settings, sleep=sleeps.append)
+    first = db.get_connection()
+    old_pid = first.info.backend_pid
+    assert app_db.terminate_all() == 1
+    time.sleep(0.2)  # let the server's FATAL reach our socket
+    second = db.get_connection()
+    assert second is not first
+    assert second.info.backend_pid != old_pid
+    assert db.stats.health_check_failures == 1
+    assert sleeps == []  # replacing our own dead connection never backs off
+    with second.cursor() as cur:
+        cur.execute("SELECT 1")
+    db.close()
+
+
+def test_closed_connection_is_replaced(app_db: AppDb) -> None:
+    db = Database(app_db.settings)
+    first = db.get_connection()
+    first.close()
+    assert db.get_connection() is not first
+    assert db.stats.health_check_failures == 1
+    db.close()
+
+
+def test_leftover_transaction_rolled_back_with_warning(
+    app_db: AppDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    app_db.query(f"CREATE TABLE t (id int); GRANT ALL ON t TO {app_db.role}")
+    db = Database(app_db.settings)
+    conn = db.get_connection()
+    with conn.cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (1)")  # no commit: an earlier caller forgot
+    with caplog.at_level(logging.WARNING, logger="lambda_db"):
+        assert db.get_connection() is conn
+    assert "rolling back a transaction left open" in caplog.text
+    assert db.stats.leftover_rollbacks == 1
+    assert app_db.query("SELECT count(*) FROM t") == [(0,)]
+    assert app_db.backends("idle in transaction") == []
+    db.close()
+
+
+def test_server_restart_between_gets(app_db: AppDb) -> None:
+    db = Database(app_db.settings)
+    first = db.get_connection()
+    app_db.pg.restart()
+    second = db.get_connection()
+    assert second is not first
+    with second.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+    db.close()
+
+
+def test_configuration_error_at_first_use_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("DB_HOST", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DB_NAME", "app")
+    monkeypatch.setenv("DB_USER", "app")
+    monkeypatch.setenv("DB_PASSWORD", "pw")
+
+    @lambda_db.with_connection  # decorating reads nothing
+    def handler(event: object, context: object) -> None:
+        return None
+
+    with pytest.raises(lambda_db.ConfigurationError) as info:
+        handler({}, None)
+    assert info.value.variable == "DB_HOST"
+    assert "DB_HOST" in str(info.value)
+
+
+def test_unknown_database_is_not_retried(app_db: AppDb) -> None:
+    sleeps: list[float] = []
+    db = Database(app_db.settings.replace(dbname="no_such_db"), sleep=sleeps.append)
+    with pytest.raises(lambda_db.ConfigurationError) as info:
+        db.get_connection()
+    assert info.value.variable == "DB_NAME"
+    assert sleeps == []
+
+
+def test_wrong_password_is_not_retried_in_password_mode(app_db: AppDb) -> None:
+    sleeps: list[float] = []
+    db = Database(app_db.settings.replace(password="wrong-pw-123"), sleep=sleeps.append)
+    with pytest.raises(lambda_db.AuthenticationError) as info:
+        db.get_connection()
+    assert "DB_PASSWORD" in str(info.value)
+    assert "wrong-pw-123" not in str(info.value)
+    assert sleeps == []

@@ -1,0 +1,310 @@
+"""The handler decorator on a real server: one connection, scoped transactions, typed failures."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+
+import lambda_db
+from lambda_db import Database, _snapstart, with_connection
+from tests.conftest import AppDb, FakeLambdaContext
+
+
+@pytest.fixture
+def env_db(app_db: AppDb, monkeypatch: pytest.MonkeyPatch) -> AppDb:
+    """``app_db`` exported as the process environment, as Lambda would."""
+    for key, value in app_db.items():
+        monkeypatch.setenv(key, value)
+    app_db.query(
+        f"CREATE TABLE items (id text PRIMARY KEY, n int); GRANT ALL ON items TO {app_db.role}"
+    )
+    return app_db
+
+
+def insert(item_id: str, n: int = 0) -> None:
+    with lambda_db.get_connection().cursor() as cur:
+        cur.execute("INSERT INTO items VALUES (%s, %s)", (item_id, n))
+
+
+def test_hundred_invocations_use_one_server_connection(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: dict[str, Any], context: Any) -> str:
+        insert(event["id"])
+        return "ok"
+
+    for i in range(100):
+        assert handler({"id": f"i{i}"}, FakeLambdaContext()) == "ok"
+    rows = env_db.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+        (env_db.application_name,),
+    )
+    assert rows == [(1,)]
+    assert env_db.query("SELECT count(*) FROM items") == [(100,)]
+    stats = lambda_db.default_database().stats
+    assert (stats.connects, stats.invocations, stats.commits) == (1, 100, 100)
+
+
+def test_get_connection_inside_is_the_invocations_connection(env_db: AppDb) -> None:
+    seen: list[object] = []
+
+    @with_connection(inject="conn")
+    def handler(event: object, context: object, conn: object) -> None:
+        seen.extend([conn, lambda_db.get_connection(), lambda_db.get_connection()])
+
+    handler({}, FakeLambdaContext())
+    assert seen[0] is seen[1] is seen[2]
+
+
+def test_raising_handler_leaves_no_row_and_no_open_transaction(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: object, context: object) -> None:
+        insert("doomed")
+        raise ValueError("handler bug")
+
+    with pytest.raises(ValueError, match="handler bug"):  # the original propagates
+        handler({}, FakeLambdaContext())
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+    assert env_db.backends("idle in transaction") == []
+    assert lambda_db.default_database().stats.rollbacks == 1
+
+
+def test_handler_that_swallows_a_database_error_is_rolled_back_not_failed(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: object, context: object) -> int:
+        insert("dup")
+        try:
+            insert("dup")
+        except psycopg2.errors.UniqueViolation:
+            return 409
+        return 201
+
+    assert handler({}, FakeLambdaContext()) == 409
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]  # the aborted tx wrote nothing
+    assert env_db.backends("idle in transaction") == []
+    assert handler({}, FakeLambdaContext()) == 409  # and the connection is still good
+
+
+def test_connection_killed_mid_invocation_fails_it_typed_and_half_nothing(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: dict[str, Any], context: object) -> str:
+        insert(event["id"])
+        if event.get("kill"):
+            env_db.terminate_all()
+        insert(event["id"] + "-second")
+        return "ok"
+
+    with pytest.raises(lambda_db.ConnectionLostError) as info:
+        handler({"id": "a", "kill": True}, FakeLambdaContext())
+    assert isinstance(info.value.__cause__, psycopg2.OperationalError)
+    assert "nothing was replayed" in str(info.value)
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+    # The next invocation gets a fresh connection and succeeds.
+    assert handler({"id": "b"}, FakeLambdaContext()) == "ok"
+    assert env_db.query("SELECT id FROM items ORDER BY id") == [("b",), ("b-second",)]
+    assert lambda_db.default_database().stats.connections_lost == 1
+
+
+def test_backend_terminated_between_invocations(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: object, context: object) -> int:
+        with lambda_db.get_connection().cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    first = handler({}, FakeLambdaContext())
+    env_db.terminate_all()
+    second = handler({}, FakeLambdaContext())
+    assert first != second
+
+
+def test_server_restarted_between_invocations(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: dict[str, str], context: object) -> str:
+        insert(event["id"])
+        return "ok"
+
+    assert handler({"id": "before"}, FakeLambdaContext()) == "ok"
+    env_db.pg.restart()
+    assert handler({"id": "after"}, FakeLambdaContext()) == "ok"
+    assert env_db.query("SELECT count(*) FROM items") == [(2,)]
+
+
+def test_statement_timeout_is_transaction_local(env_db: AppDb) -> None:
+    @with_connection(inject="conn")
+    def handler(event: object, context: object, conn: Any) -> str:
+        with conn.cursor() as cur:
+            cur.execute("SHOW statement_timeout")
+            row = cur.fetchone()
+            assert row is not None
+            return str(row[0])
+
+    shown = handler({}, FakeLambdaContext(timeout_ms=5000))
+    assert shown.endswith("ms")
+    assert 3500 <= int(shown[:-2]) <= 4000  # 5 s remaining minus the 1 s margin
+    conn = lambda_db.get_connection()  # outside any invocation: the session is untouched
+    with conn.cursor() as cur:
+        cur.execute("SHOW statement_timeout")
+        assert cur.fetchone() == ("0",)
+    conn.rollback()
+
+
+def test_statement_timeout_cancels_a_runaway_statement(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: object, context: object) -> None:
+        with lambda_db.get_connection().cursor() as cur:
+            cur.execute("SELECT pg_sleep(10)")
+
+    with pytest.raises(psycopg2.errors.QueryCanceled):
+        handler({}, FakeLambdaContext(timeout_ms=1500))
+    assert env_db.backends("idle in transaction") == []
+    assert lambda_db.default_database().stats.connects == 1  # the connection survived
+
+
+def test_idle_in_transaction_timeout_is_set_per_transaction(
+    env_db: AppDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DB_IDLE_IN_TRANSACTION_TIMEOUT", "7")
+    lambda_db.reset()
+
+    @with_connection(inject="conn")
+    def handler(event: object, context: object, conn: Any) -> str:
+        with conn.cursor() as cur:
+            cur.execute("SHOW idle_in_transaction_session_timeout")
+            row = cur.fetchone()
+            assert row is not None
+            return str(row[0])
+
+    assert handler({}, FakeLambdaContext()) == "7s"
+
+
+def test_no_password_in_debug_logs_errors_or_reprs(
+    app_db: AppDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    db = Database(app_db.settings, sleep=lambda s: None)
+    with db.invocation(FakeLambdaContext()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+    app_db.terminate_all()
+    db.get_connection()
+    bad = Database(app_db.settings.replace(password="not-the-" + app_db.password))
+    with pytest.raises(lambda_db.AuthenticationError) as info:
+        bad.get_connection()
+    texts = [caplog.text, str(info.value), repr(info.value), repr(db), repr(db.settings)]
+    texts.append(str(info.value.__cause__))
+    for text in texts:
+        assert app_db.password not in text
+    assert "password=" not in caplog.text
+    db.close()
+
+
+# -- stacking with Powertools ------------------------------------------------------------
+
+
+@pytest.fixture
+def powertools(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any, Any]]:
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "items")
+    from aws_lambda_powertools import Logger, Metrics, Tracer
+
+    metrics = Metrics(namespace="LambdaDbTests")
+    yield Logger(service="items", stream=io.StringIO()), Tracer(service="items"), metrics
+    metrics.clear_metrics()
+
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _stack(decorators: list[Decorator], func: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+@pytest.mark.parametrize("position", [0, 1, 2, 3])
+def test_stacks_with_powertools_in_any_order(
+    env_db: AppDb,
+    powertools: tuple[Any, Any, Any],
+    position: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logger, tracer, metrics = powertools
+
+    def body(event: dict[str, str], context: Any) -> dict[str, str]:
+        insert(event["id"])
+        metrics.add_metric(name="ItemsCreated", unit="Count", value=1)
+        logger.info("created", extra={"item": event["id"]})
+        return {"id": event["id"]}
+
+    decorators: list[Decorator] = [
+        logger.inject_lambda_context,
+        tracer.capture_lambda_handler,
+        metrics.log_metrics,
+    ]
+    decorators.insert(position, with_connection)
+    handler = _stack(decorators, body)
+    assert handler({"id": f"p{position}"}, FakeLambdaContext()) == {"id": f"p{position}"}
+    assert env_db.query("SELECT id FROM items") == [(f"p{position}",)]
+    logged = [json.loads(line) for line in logger.registered_handler.stream.getvalue().splitlines()]
+    assert [line["function_request_id"] for line in logged if line["message"] == "created"]
+    emitted = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert any("ItemsCreated" in line for line in emitted)  # Metrics flushed
+
+
+def test_decorator_with_options_and_explicit_database(app_db: AppDb) -> None:
+    db = Database(app_db.settings)
+
+    @with_connection(database=db, inject="conn")
+    def handler(event: object, context: object, conn: Any) -> Any:
+        assert conn is db.get_connection()
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            row = cur.fetchone()
+            assert row is not None
+            return row[0]
+
+    assert handler({}, FakeLambdaContext()) == app_db.role
+    assert handler.__name__ == "handler"
+    db.close()
+
+
+# -- SnapStart -------------------------------------------------------------------------
+
+
+def test_snapstart_hooks_close_before_snapshot_and_refresh_after_restore(
+    app_db: AppDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hooks: dict[str, list[Callable[[], None]]] = {"before": [], "after": []}
+    fake = types.ModuleType("snapshot_restore_py")
+    fake.register_before_snapshot = hooks["before"].append  # type: ignore[attr-defined]
+    fake.register_after_restore = hooks["after"].append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "snapshot_restore_py", fake)
+    _snapstart.reset()
+    monkeypatch.setattr(_snapstart, "_registered", False)
+
+    db = Database(app_db.settings)
+    assert len(hooks["before"]) == 1
+    assert len(hooks["after"]) == 1
+    Database(app_db.settings)  # registered once, not per instance
+    assert len(hooks["before"]) == 1
+
+    invalidated: list[bool] = []
+    monkeypatch.setattr(db.provider, "invalidate", lambda: invalidated.append(True))
+    first = db.get_connection()  # e.g. opened during init, before the snapshot
+    hooks["before"][0]()
+    assert first.closed
+    assert app_db.backends() == []
+    hooks["after"][0]()
+    assert invalidated == [True]
+    assert db.get_connection() is not first
+    db.close()
+    _snapstart.reset()
