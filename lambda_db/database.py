@@ -261,7 +261,8 @@ class Database:
         return self._conn
 
     def _discard(self, reason: str) -> None:
-        conn, self._conn = self._conn, None
+        with self._lock:
+            conn, self._conn = self._conn, None
         if conn is None:
             return
         logger.warning("discarding the connection: %s; reconnecting", reason)
@@ -280,6 +281,8 @@ class Database:
         own timeout. A connection lost inside the block fails the invocation with
         :class:`ConnectionLostError`; nothing is replayed.
         """
+        # The lock covers the checkout, not the handler: threads the handler starts may
+        # call get_connection() and must get this invocation's connection, not block.
         with self._lock:
             if self._in_invocation:
                 raise LambdaDbError("Database.invocation() is not re-entrant")
@@ -295,24 +298,25 @@ class Database:
             conn = self.get_connection(deadline=deadline)
             self.stats.invocations += 1
             self._in_invocation = True
-            # Client-side bound for a silent network path: half the margin after the
-            # server-side statement_timeout, still before Lambda's own timeout.
-            guard = (
-                None
-                if remaining is None
-                else time.monotonic() + max(0.0, remaining - settings.deadline_margin / 2)
-            )
-            try:
-                with deadline_guard(guard):
-                    try:
-                        self._begin(conn, statement_timeout)
-                        yield conn
-                    except BaseException as exc:
-                        self._end_failed(conn, exc)
-                        raise
-                    else:
-                        self._end_ok(conn)
-            finally:
+        # Client-side bound for a silent network path: half the margin after the
+        # server-side statement_timeout, still before Lambda's own timeout.
+        guard = (
+            None
+            if remaining is None
+            else time.monotonic() + max(0.0, remaining - settings.deadline_margin / 2)
+        )
+        try:
+            with deadline_guard(guard):
+                try:
+                    self._begin(conn, statement_timeout)
+                    yield conn
+                except BaseException as exc:
+                    self._end_failed(conn, exc)
+                    raise
+                else:
+                    self._end_ok(conn)
+        finally:
+            with self._lock:
                 self._in_invocation = False
                 self._last_used = self._clock()
 

@@ -308,3 +308,15 @@ def test_snapstart_hooks_close_before_snapshot_and_refresh_after_restore(
     assert db.get_connection() is not first
     db.close()
     _snapstart.reset()
+
+
+def test_threads_inside_a_handler_share_the_invocations_connection(env_db: AppDb) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    @with_connection
+    def handler(event: object, context: object) -> list[bool]:
+        mine = lambda_db.get_connection()
+        with ThreadPoolExecutor(max_workers=4) as pool:  # would deadlock if the lock were held
+            return list(pool.map(lambda _: lambda_db.get_connection() is mine, range(8)))
+
+    assert handler({}, FakeLambdaContext()) == [True] * 8
