@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -68,6 +67,8 @@ def is_loopback(host: str) -> bool:
     """
     if host.startswith("/") or host.lower() in ("localhost", "localhost.localdomain"):
         return True
+    import ipaddress  # only here: it is not free at import time
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
