@@ -1,0 +1,256 @@
+"""``lambda-db doctor``: the seed article's Step 1, with limits, stragglers and advice.
+
+Connections grouped by user, database, state and application; ``max_connections`` and
+the reserved slots; every role (``rolconnlimit``) and database (``datconnlimit``) limit
+with its use and headroom; sessions idle (or idle in transaction) for longer than
+``--idle-age``; a warning for each limit at or above ``--threshold`` (80 %, the article's
+alarm) and recommendations tied to what was found.
+
+Exit status: 0 when every limit is below the threshold, 1 when one is at or above it
+(so it can run from monitoring), 2 when the server cannot be reached.
+
+Example::
+
+    $ lambda-db doctor --threshold 0.8 --idle-age 10m
+    $ lambda-db doctor --json | jq '.limits[] | select(.utilization >= 0.8)'
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from typing import Any
+
+from lambda_db.cli._connection import add_connection_options, connect, describe
+from lambda_db.cli._output import format_duration, parse_duration, percent, print_json, table
+from lambda_db.diagnostics import DEFAULT_THRESHOLD, LimitUsage, Report, collect
+
+__all__ = ["add_parser", "recommendations", "render", "run", "warnings"]
+
+logger = logging.getLogger(__name__)
+
+#: Sessions idle this long are listed as stragglers (the article's kill query uses 10 minutes).
+DEFAULT_IDLE_AGE = 10 * 60.0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``doctor`` on the main parser's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "doctor",
+        help="connection use against every limit, stragglers, recommendations",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="warn, and exit 1, at this fraction of a limit (default %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-age",
+        type=parse_duration,
+        default=DEFAULT_IDLE_AGE,
+        metavar="DURATION",
+        help="list sessions idle at least this long (default 10m)",
+    )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=50,
+        metavar="N",
+        help="list at most N idle sessions (default %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    add_connection_options(parser)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Collect, print, and exit 1 when a limit is at or above the threshold."""
+    conn = connect(args, "doctor")
+    try:
+        report = collect(conn, idle_age=args.idle_age, max_stragglers=args.max_sessions)
+        where = describe(conn)
+    finally:
+        conn.close()
+    found = warnings(report, args.threshold)
+    advice = recommendations(report, args.threshold)
+    if args.json:
+        print_json(
+            {
+                "connection": where,
+                "threshold": args.threshold,
+                **report.to_dict(),
+                "warnings": found,
+                "recommendations": advice,
+                "status": "warning" if report.over(args.threshold) else "ok",
+            }
+        )
+    else:
+        print(render(report, where=where, threshold=args.threshold))
+    return 1 if report.over(args.threshold) else 0
+
+
+def _version(num: int) -> str:
+    """``server_version_num`` as PostgreSQL prints it.
+
+    >>> _version(150018), _version(180006)
+    ('15.18', '18.6')
+    """
+    return f"{num // 10000}.{num % 10000}"
+
+
+def _describe_limit(u: LimitUsage) -> str:
+    if u.scope == "server":
+        return "the server's non-reserved connection slots"
+    return f'{u.scope} "{u.name}"'
+
+
+def warnings(report: Report, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
+    """One line per limit at or above ``threshold``."""
+    return [
+        f"{_describe_limit(u)} is at {percent(u.utilization)} of its connection limit "
+        f"({u.used} of {u.limit}, headroom {u.headroom})"
+        for u in report.over(threshold)
+    ]
+
+
+def recommendations(report: Report, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
+    """Advice tied to what ``report`` shows; empty when there is nothing to do."""
+    advice: list[str] = []
+    for u in report.over(threshold):
+        if u.scope == "server":
+            advice.append(
+                f"The server is at {percent(u.utilization)} of max_connections: put a pooler "
+                "in front (RDS Proxy for Lambda, pgBouncer for long-running services) rather "
+                "than raising max_connections (each slot costs memory); 'lambda-db capacity' "
+                "does the pool math."
+            )
+        else:
+            states = Counter(
+                g.state or "hidden"
+                for g in report.groups
+                for _ in range(g.count)
+                if (g.user if u.scope == "role" else g.database) == u.name
+            )
+            mix = ", ".join(f"{n} {s}" for s, n in states.most_common())
+            advice.append(
+                f'{u.scope.capitalize()} "{u.name}" has {u.headroom} connection(s) left '
+                f"({mix}). With lambda-db a function holds one connection per execution "
+                f"environment, so peak = concurrency: keep the summed reserved concurrency of "
+                f"the functions using it <= {u.limit} minus other clients, or connect through "
+                "RDS Proxy."
+            )
+    in_tx = [s for s in report.stragglers if s.state.startswith("idle in transaction")]
+    if in_tx and report.idle_in_transaction_session_timeout in ("0", "0ms", "0s"):
+        advice.append(
+            f"{len(in_tx)} session(s) idle in transaction for over "
+            f"{format_duration(report.idle_age)} (oldest {format_duration(in_tx[0].state_age)}) "
+            "hold locks and a slot: set idle_in_transaction_session_timeout = '5min' "
+            "(ALTER ROLE ... SET, or the parameter group); lambda-db can set it per "
+            "transaction with DB_IDLE_IN_TRANSACTION_TIMEOUT."
+        )
+    idle = [s for s in report.stragglers if s.state == "idle"]
+    if idle:
+        by_user = Counter(s.user or "?" for s in idle)
+        user, count = by_user.most_common(1)[0]
+        advice.append(
+            f"{len(idle)} session(s) idle for over "
+            f"{format_duration(report.idle_age)}, most of them ({count}) as {user!r}: leaked "
+            "connections, or environments that will not be invoked again. "
+            f"'lambda-db terminate-idle --user {user} --older-than "
+            f"{format_duration(report.idle_age)}' lists them (a dry run)."
+        )
+    if report.hidden_sessions:
+        advice.append(
+            f"{report.hidden_sessions} session(s) of other roles show no state or age: "
+            f"GRANT pg_monitor TO {report.current_user} to see them (or run as a superuser)."
+        )
+    return advice
+
+
+def render(report: Report, *, where: str, threshold: float = DEFAULT_THRESHOLD) -> str:
+    """The report as text (what ``lambda-db doctor`` prints)."""
+    out: list[str] = [
+        f"lambda-db doctor: {where}, PostgreSQL {_version(report.server_version_num)}, "
+        f"{report.taken_at:%Y-%m-%d %H:%M:%S %Z}",
+        "",
+        f"Client sessions by user, database, state and application ({report.client_sessions} "
+        "in all, this one included)",
+    ]
+    out.append(
+        table(
+            ["count", "user", "database", "state", "application"],
+            [
+                (g.count, g.user, g.database, g.state or "(hidden)", g.application or "-")
+                for g in report.groups
+            ],
+            indent="  ",
+        )
+    )
+    reserved = report.superuser_reserved_connections + report.reserved_connections
+    out += [
+        "",
+        f"Limits (warning at {percent(threshold)}): max_connections {report.max_connections} = "
+        f"{report.max_connections - reserved} for ordinary roles + {reserved} reserved",
+    ]
+    out.append(
+        table(
+            ["scope", "name", "used", "limit", "use", "headroom", ""],
+            [
+                (
+                    u.scope,
+                    u.name,
+                    u.used,
+                    u.limit,
+                    percent(u.utilization),
+                    u.headroom,
+                    "WARNING" if u.utilization >= threshold else "",
+                )
+                for u in report.limits
+            ],
+            indent="  ",
+        )
+    )
+    out += [
+        "",
+        f"Sessions idle for over {format_duration(report.idle_age)}: {report.straggler_count}",
+    ]
+    if report.stragglers:
+        out.append(
+            table(
+                ["pid", "user", "database", "application", "state", "for", "connected", "client"],
+                [
+                    (
+                        s.pid,
+                        s.user,
+                        s.database,
+                        s.application or "-",
+                        s.state,
+                        format_duration(s.state_age),
+                        format_duration(s.backend_age),
+                        s.client_addr or "local",
+                    )
+                    for s in report.stragglers
+                ],
+                indent="  ",
+            )
+        )
+        if report.straggler_count > len(report.stragglers):
+            out.append(f"  ... and {report.straggler_count - len(report.stragglers)} more")
+    if not report.can_read_all_stats:
+        out += [
+            "",
+            f"Visibility: {report.current_user} sees the state and age of its own sessions "
+            f"only ({report.hidden_sessions} other session(s) now counted without them); "
+            "pg_monitor shows all.",
+        ]
+    found = warnings(report, threshold)
+    out += ["", "Warnings" if found else "Warnings: none"]
+    out += [f"  - {w}" for w in found]
+    advice = recommendations(report, threshold)
+    out += ["", "Recommendations" if advice else "Recommendations: none"]
+    out += [f"  - {a}" for a in advice]
+    return "\n".join(out)

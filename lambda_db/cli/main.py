@@ -1,0 +1,111 @@
+"""``lambda-db``: the command-line entry point (``main``), one subcommand per module.
+
+Each command module registers its parser (``add_parser``) and handles its arguments
+(``run(args) -> exit status``). Heavy or optional imports (the embedded server,
+pgbouncer, YAML) happen inside the command that needs them, so ``lambda-db capacity``
+starts fast and works without the ``cli`` extra's packages.
+
+Exit status: what the command returns (0 success; 1 a check failed: a limit above the
+threshold, a workload that does not fit); 2 a usage error or a server that cannot be
+reached.
+
+Example::
+
+    $ lambda-db --help
+    $ python -m lambda_db.cli doctor --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from lambda_db.cli import capacity, demo, doctor, terminate
+from lambda_db.cli._connection import CommandError
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _add_invoke_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "invoke",
+        help="run a template's function locally, without Docker (like sam local invoke)",
+        description="Invoke FUNCTION_LOGICAL_ID from a SAM template in this process's "
+        "Python: handler, CodeUri and Environment from the template, --env-vars overrides "
+        "in SAM's env.json format, a Lambda context with a deadline. Prints the response.",
+    )
+    parser.add_argument("function", metavar="FUNCTION_LOGICAL_ID")
+    parser.add_argument(
+        "--event",
+        "-e",
+        required=True,
+        metavar="FILE",
+        help="the event, a JSON file ('-' for standard input)",
+    )
+    parser.add_argument(
+        "--env-vars",
+        "-n",
+        metavar="FILE",
+        help="JSON: {FunctionLogicalId: {VAR: value}, Parameters: {...}}",
+    )
+    parser.add_argument(
+        "--template",
+        "-t",
+        default="template.yaml",
+        metavar="FILE",
+        help="the SAM template (default %(default)s)",
+    )
+    parser.set_defaults(handler=_run_invoke)
+
+
+def _run_invoke(args: argparse.Namespace) -> int:
+    from lambda_db.cli.invoke import run as run_invoke
+
+    return run_invoke(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lambda-db`` parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="lambda-db",
+        description="Operations tooling for lambda-db: reproduce, diagnose and size "
+        "PostgreSQL connection limits for AWS Lambda.",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr (-v info, -vv debug)"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    demo.add_parser(subparsers)
+    doctor.add_parser(subparsers)
+    terminate.add_parser(subparsers)
+    capacity.add_parser(subparsers)
+    _add_invoke_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status.
+
+    >>> main(["capacity", "--max-connections", "100", "--json"])  # doctest: +ELLIPSIS
+    {
+      "max_connections": 100,
+    ...
+    0
+    """
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        status: int = args.handler(args)
+    except CommandError as exc:
+        print(f"lambda-db {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lambda-db {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return status

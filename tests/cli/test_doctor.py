@@ -1,0 +1,87 @@
+"""lambda-db doctor against the real server, configured like a function (DB_*) or --dsn."""
+
+from __future__ import annotations
+
+import time
+
+from tests.cli.conftest import Cli, Sessions
+from tests.conftest import AppDb
+
+
+def _idle_count(app_db: AppDb, application: str) -> int:
+    rows = app_db.query(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE usename = %s AND application_name = %s AND state = 'idle'",
+        (app_db.role, application),
+    )
+    return int(rows[0][0])
+
+
+def test_counts_equal_pg_stat_activity(cli: Cli, app_db: AppDb, sessions: Sessions) -> None:
+    sessions(4, application_name="doctor-test-idle")
+    result = cli("doctor", "--json", env=app_db)
+    assert result.status == 0, result.stderr
+    data = result.json()
+    groups = [g for g in data["groups"] if g["application"] == "doctor-test-idle"]
+    assert [(g["user"], g["state"], g["count"]) for g in groups] == [(app_db.role, "idle", 4)]
+    assert groups[0]["count"] == _idle_count(app_db, "doctor-test-idle")
+    # the doctor's own session is there too, named after the command
+    assert any(g["application"] == "lambda-db doctor" for g in data["groups"])
+    assert data["status"] == "ok"
+    assert data["warnings"] == []
+
+
+def test_flags_a_role_at_80_percent(cli: Cli, app_db: AppDb, sessions: Sessions) -> None:
+    app_db.pg.execute(f'ALTER ROLE "{app_db.role}" CONNECTION LIMIT 10')
+    sessions(7)  # + the doctor's own session = 8 of 10
+    result = cli("doctor", env=app_db)
+    assert result.status == 1
+    assert f'role "{app_db.role}" is at 80% of its connection limit (8 of 10' in result.stdout
+    line = next(
+        x for x in result.stdout.splitlines() if x.strip().startswith(f"role    {app_db.role}")
+    )
+    assert line.split()[-1] == "WARNING"
+    assert "Recommendations" in result.stdout
+    assert "RDS Proxy" in result.stdout
+
+
+def test_below_the_threshold_exits_zero(cli: Cli, app_db: AppDb, sessions: Sessions) -> None:
+    app_db.pg.execute(f'ALTER ROLE "{app_db.role}" CONNECTION LIMIT 10')
+    sessions(6)  # 7 of 10
+    assert cli("doctor", env=app_db).status == 0
+    assert cli("doctor", "--threshold", "0.7", env=app_db).status == 1
+
+
+def test_lists_stragglers_and_recommends_timeouts(
+    cli: Cli, app_db: AppDb, sessions: Sessions
+) -> None:
+    idle, in_tx = sessions(2, application_name="straggler")
+    with in_tx.cursor() as cur:
+        cur.execute("SELECT 1")  # left idle in transaction
+    time.sleep(0.3)
+    data = cli("doctor", "--json", "--idle-age", "200ms", env=app_db).json()
+    found = {s["pid"]: s["state"] for s in data["stragglers"] if s["application"] == "straggler"}
+    assert found == {idle.info.backend_pid: "idle", in_tx.info.backend_pid: "idle in transaction"}
+    advice = " ".join(data["recommendations"])
+    assert "idle_in_transaction_session_timeout" in advice
+    assert f"terminate-idle --user {app_db.role}" in advice
+
+
+def test_dsn_is_never_echoed(cli: Cli, app_db: AppDb) -> None:
+    dsn = (
+        f"host={app_db['DB_HOST']} port={app_db['DB_PORT']} dbname={app_db.name} "
+        f"user={app_db.role} password={app_db.password} sslmode=disable"
+    )
+    result = cli("doctor", "--dsn", dsn)
+    assert result.status == 0, result.stderr
+    assert app_db.password not in result.stdout + result.stderr
+    assert f"{app_db.role}@{app_db['DB_HOST']}:{app_db['DB_PORT']}/{app_db.name}" in result.stdout
+
+
+def test_unreachable_server_exits_2_without_the_password(cli: Cli, app_db: AppDb) -> None:
+    env = {**app_db, "DB_PASSWORD": "wrong-pw-xyz", "DB_CONNECT_BUDGET": "1"}
+    result = cli("doctor", env=env)
+    assert result.status == 2
+    assert result.stderr.startswith("lambda-db doctor: cannot connect")
+    assert "wrong-pw-xyz" not in result.stderr
+    assert app_db.password not in result.stderr
