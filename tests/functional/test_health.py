@@ -161,3 +161,26 @@ def test_wrong_password_is_not_retried_in_password_mode(app_db: AppDb) -> None:
     assert "DB_PASSWORD" in str(info.value)
     assert "wrong-pw-123" not in str(info.value)
     assert sleeps == []
+
+
+class MetricsSink:
+    """Records what Powertools ``Metrics.add_metric`` would receive."""
+
+    def __init__(self) -> None:
+        self.metrics: list[tuple[str, str, float]] = []
+
+    def add_metric(self, name: str, unit: object, value: float) -> None:
+        self.metrics.append((name, str(unit), value))
+
+
+def test_metrics_sink_receives_lifecycle_counters(app_db: AppDb) -> None:
+    sink = MetricsSink()
+    db = Database(app_db.settings, metrics=sink)
+    db.get_connection()
+    app_db.terminate_all()
+    time.sleep(0.2)
+    db.get_connection()
+    names = [name for name, _, _ in sink.metrics]
+    assert names == ["Connects", "HealthCheckFailures", "Connects"]
+    assert all(unit == "Count" for _, unit, _ in sink.metrics)
+    db.close()
