@@ -296,6 +296,8 @@ class Database:
                 deadline = now + max(0.0, remaining - settings.deadline_margin)
                 statement_timeout = max(0.001, remaining - settings.deadline_margin)
             conn = self.get_connection(deadline=deadline)
+            if conn.autocommit:  # the invocation owns a transaction, whatever a caller set
+                conn.autocommit = False
             self.stats.invocations += 1
             self._in_invocation = True
         # Client-side bound for a silent network path: half the margin after the

@@ -320,3 +320,16 @@ def test_threads_inside_a_handler_share_the_invocations_connection(env_db: AppDb
             return list(pool.map(lambda _: lambda_db.get_connection() is mine, range(8)))
 
     assert handler({}, FakeLambdaContext()) == [True] * 8
+
+
+def test_autocommit_left_on_by_a_caller_does_not_escape_the_transaction(env_db: AppDb) -> None:
+    lambda_db.get_connection().autocommit = True  # e.g. a migration script at init
+
+    @with_connection
+    def handler(event: object, context: object) -> None:
+        insert("x")
+        raise RuntimeError("after the insert")
+
+    with pytest.raises(RuntimeError):
+        handler({}, FakeLambdaContext())
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
