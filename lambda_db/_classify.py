@@ -48,9 +48,15 @@ _LIMIT_WORDINGS = (
     "remaining connection slots are reserved",  # PG <= 15 and >= 16 wordings share this
     "too many connections",
 )
+# RDS Proxy's own wordings are from the "Troubleshooting for RDS Proxy" table
+# (awsdocs/amazon-rds-user-guide, doc_source/rds-proxy.troubleshooting.md); seen in the
+# wild e.g. in guardian/pinboard#352 ("The IAM authentication failed because of too many
+# competing requests.").
 _THROTTLED_WORDINGS = (
-    # RDS Proxy and RDS rate-limit IAM logins; waiting is the cure.
-    "too many competing requests",
+    # RDS Proxy and RDS rate-limit IAM logins and new connections; waiting is the cure.
+    "too many competing requests",  # RDS Proxy: IAM logins
+    "rate of connection to proxy exceeded",  # RDS Proxy: connection rate
+    "maximum number of client connections to the proxy exceeded",  # RDS Proxy
     "rate exceeded",
     "throttl",
 )
@@ -74,8 +80,13 @@ _UNAVAILABLE_WORDINGS = (
 )
 _AUTH_WORDINGS = (
     "password authentication failed",
-    "pam authentication failed",  # RDS instance IAM auth
+    # RDS instance IAM auth answers a bad or expired token with PAM's verdict.
+    "pam authentication failed",
+    # RDS Proxy: "IAM authentication failed for user u. Check the IAM token ..." and
+    # "The IAM authentication failed for the role r. Check the IAM token ...".
     "iam authentication failed",
+    # RDS Proxy: "The password that was provided for the role r is wrong." (a rotated secret).
+    "password that was provided for the role",
     "authentication failed",
     "the iam authentication token",
     "token has expired",
@@ -83,8 +94,15 @@ _AUTH_WORDINGS = (
 )
 _CONFIG_WORDINGS = (
     "does not exist",  # database or role
-    "allowed only with ssl",  # RDS Proxy: IAM needs TLS
+    "allowed only with ssl",  # RDS Proxy: "IAM [authentication] is allowed only with SSL ..."
+    "requires tls connections",  # RDS Proxy with RequireTLS: "This RDS Proxy requires TLS ..."
+    "supports only iam",  # RDS Proxy: "RDS [Proxy] supports only IAM, MD5, or SCRAM ..."
+    "user name is missing from the connection startup packet",  # RDS Proxy
+    "feature not supported: rds proxy",  # RDS Proxy: protocol, replication, startup options
     "no pg_hba.conf entry",
+    # RDS instance: an rds_iam role over a non-TLS link ("... SSL off" / "no encryption");
+    # reported in rust-postgres/rust-postgres#1108 and brianc/node-postgres#1843.
+    "pg_hba.conf rejects connection",
     "certificate verify failed",
     "does not match host name",
     "root certificate file",

@@ -1,0 +1,273 @@
+"""``DB_AUTH_MODE=iam``: RDS IAM auth tokens, minted locally, cached until shortly before expiry.
+
+A token is a SigV4 presigned URL for service ``rds-db``::
+
+    HOST:PORT/?Action=connect&DBUser=USER&X-Amz-Algorithm=...&X-Amz-Expires=900&X-Amz-Signature=...
+
+It is computed with botocore's query signer and the credentials of botocore's chain
+(environment variables in Lambda, the container endpoint under SnapStart). No RDS client
+is created: ``boto3.client("rds")`` loads the RDS service model, which is most of the cold
+start of the usual ``generate_db_auth_token`` path. The result is byte-identical to
+``boto3.client("rds").generate_db_auth_token(...)`` (a test keeps it so).
+
+The token is checked only when a connection is opened, so an open connection outlives it:
+the provider is asked for credentials only by the connect loop and never on the warm path.
+Tokens are reused until :attr:`IamTokenProvider.REFRESH_MARGIN` seconds before they expire
+(direct-to-instance IAM logins and RDS Proxy both throttle token logins), keyed by host,
+port, user, region and access key id, on a monotonic clock. ``get(refresh=True)`` -- what
+the connect loop asks after an authentication failure -- always mints a new one.
+
+botocore is imported here, lazily, on the first :meth:`~IamTokenProvider.get`; never by
+``import lambda_db``. The token travels only as the ``password`` of
+:class:`~lambda_db._credentials.Credentials` (``repr=False``) and is never logged: botocore's
+own DEBUG lines about the signature are muted while we sign (:func:`muted_loggers`).
+
+Example::
+
+    >>> from lambda_db.config import Settings
+    >>> p = IamTokenProvider(Settings(host="proxy.example.com", dbname="app", user="app",
+    ...                               auth_mode="iam", region="eu-west-1"))
+    >>> p.mode, p.refreshable, p.sensitive, p.minted
+    ('iam', True, True, 0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from lambda_db._credentials import Credentials
+from lambda_db.config import ENV_AWS_REGION, ENV_REGION, Settings
+from lambda_db.errors import ConfigurationError, DatabaseUnavailableError
+
+__all__ = ["IamTokenProvider", "muted_loggers", "sign_token"]
+
+logger = logging.getLogger(__name__)
+
+#: The service name RDS IAM tokens are signed for.
+SERVICE = "rds-db"
+
+#: botocore loggers that print signing material (canonical request with the session
+#: token, string to sign, signature) or response bodies (a secret's value) at DEBUG.
+SENSITIVE_LOGGERS = ("botocore.auth", "botocore.parsers", "botocore.endpoint")
+
+
+class _AwsCredentials(NamedTuple):
+    """The frozen triple botocore signs with (``botocore.credentials.ReadOnlyCredentials``)."""
+
+    access_key: str
+    secret_key: str
+    token: str | None
+
+
+@dataclass
+class _CachedToken:
+    token: str = field(repr=False)
+    reuse_until: float
+
+
+class IamTokenProvider:
+    """Credentials whose password is an RDS IAM auth token for ``settings.user``.
+
+    ``clock`` (monotonic seconds) decides when a cached token is too old to reuse;
+    ``credentials`` returns the AWS credentials to sign with (default: botocore's chain,
+    read at every mint so that rotated or refreshed credentials are picked up).
+    ``minted`` counts tokens signed (the stable interface for tests and the bench).
+
+    Example::
+
+        provider = IamTokenProvider(settings)       # what DB_AUTH_MODE=iam builds
+        creds = provider.get()                      # Credentials(user='app', host=None, ...)
+        psycopg2.connect(host=..., user=creds.user, password=creds.password, sslmode=...)
+    """
+
+    mode = "iam"
+    refreshable = True
+    sensitive = True
+
+    #: Lifetime written into the token (``X-Amz-Expires``): RDS accepts at most 15 minutes.
+    TOKEN_LIFETIME = 15 * 60.0
+    #: A cached token is replaced this long before it expires.
+    REFRESH_MARGIN = 60.0
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        credentials: Callable[[], _AwsCredentials] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._credentials_source = credentials
+        self._session: Any = None
+        self._tokens: dict[tuple[str, int, str, str, str], _CachedToken] = {}
+        self._lock = threading.Lock()
+        self.minted = 0
+
+    def __repr__(self) -> str:
+        s = self._settings
+        return f"<IamTokenProvider {s.user!r}@{s.host}:{s.port} region={s.region!r}>"
+
+    # -- the CredentialProvider protocol ----------------------------------------------
+
+    def get(self, *, refresh: bool = False) -> Credentials:
+        """Credentials with a token that is valid for at least ``REFRESH_MARGIN`` seconds.
+
+        Raises :class:`ConfigurationError` when no region or no AWS credentials can be
+        found, :class:`DatabaseUnavailableError` when reading them failed (the container
+        credentials endpoint did not answer).
+        """
+        s = self._settings
+        region = self._region()
+        aws = self._aws_credentials()
+        key = (s.host, s.port, s.user, region, aws.access_key)
+        with self._lock:
+            now = self._clock()
+            cached = self._tokens.get(key)
+            if cached is not None and not refresh and now < cached.reuse_until:
+                return Credentials(user=s.user, password=cached.token)
+            token = sign_token(aws, host=s.host, port=s.port, user=s.user, region=region,
+                               expires=int(self.TOKEN_LIFETIME))  # fmt: skip
+            self._tokens = {
+                k: v for k, v in self._tokens.items() if v.reuse_until > now and k != key
+            }
+            self._tokens[key] = _CachedToken(token, now + self.TOKEN_LIFETIME - self.REFRESH_MARGIN)
+            self.minted += 1
+        logger.info(
+            "minted an IAM auth token for %r at %s:%s in %s (%s; reused for %.0f s)",
+            s.user, s.host, s.port, region, "refresh" if refresh else "no usable cached token",
+            self.TOKEN_LIFETIME - self.REFRESH_MARGIN,
+        )  # fmt: skip
+        return Credentials(user=s.user, password=token)
+
+    def describe(self) -> str:
+        s = self._settings
+        return (
+            f"the IAM auth token for database user {s.user!r} at {s.host}:{s.port} "
+            f"({s.region or 'no region'}): the function's role needs rds-db:connect on "
+            f"arn:aws:rds-db:{s.region or 'REGION'}:ACCOUNT:dbuser:prx-RESOURCEID/{s.user} "
+            f"(db-RESOURCEID for an instance), IAM authentication must be enabled on the "
+            f"proxy or instance, and through RDS Proxy the user needs a secret in the "
+            f"proxy's auth list"
+        )
+
+    def invalidate(self) -> None:
+        """Forget tokens and the botocore session (SnapStart restore: credentials change)."""
+        with self._lock:
+            self._tokens.clear()
+            self._session = None
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _region(self) -> str:
+        region = self._settings.region
+        if not region:
+            raise ConfigurationError(
+                f"IAM database authentication needs a region: set {ENV_REGION} "
+                f"(or {ENV_AWS_REGION}, which Lambda sets)",
+                variable=ENV_REGION,
+            )
+        return region
+
+    def _aws_credentials(self) -> _AwsCredentials:
+        if self._credentials_source is not None:
+            return self._credentials_source()
+        import botocore.exceptions
+        import botocore.session
+
+        try:
+            if self._session is None:
+                self._session = botocore.session.get_session()
+            resolved = self._session.get_credentials()
+            frozen = resolved.get_frozen_credentials() if resolved is not None else None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise DatabaseUnavailableError(
+                f"could not read AWS credentials to sign an IAM auth token "
+                f"({type(exc).__name__}); retry later, and check the function's role"
+            ) from exc
+        if frozen is None or not frozen.access_key or not frozen.secret_key:
+            raise ConfigurationError(
+                "IAM database authentication found no AWS credentials in botocore's chain "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, container or instance role); "
+                "Lambda provides them from the function's role",
+                variable="AWS_ACCESS_KEY_ID",
+            )
+        return _AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+
+def sign_token(
+    credentials: Any, *, host: str, port: int, user: str, region: str, expires: int = 900
+) -> str:
+    """An RDS IAM auth token: the SigV4 presigned ``connect`` URL without its scheme.
+
+    ``credentials`` is anything with ``access_key``, ``secret_key`` and ``token``
+    (botocore's ``ReadOnlyCredentials``). The same request as botocore's
+    ``generate_db_auth_token`` (``botocore/signers.py``): ``GET https://HOST:PORT/`` with
+    ``Action=connect&DBUser=USER``, signed for ``rds-db`` with ``X-Amz-Expires``.
+
+    Example::
+
+        >>> from collections import namedtuple
+        >>> c = namedtuple("C", "access_key secret_key token")("AKIDEXAMPLE", "s", None)
+        >>> sign_token(c, host="h", port=5432, user="u", region="us-east-1")[:47]
+        'h:5432/?Action=connect&DBUser=u&X-Amz-Algorithm'
+    """
+    from botocore.auth import SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+
+    scheme = "https://"
+    request = AWSRequest(
+        method="GET",
+        url=f"{scheme}{host}:{port}/",
+        params={"Action": "connect", "DBUser": user},
+    )
+    with muted_loggers(*SENSITIVE_LOGGERS):
+        SigV4QueryAuth(credentials, SERVICE, region, expires=expires).add_auth(request)
+    url: str = request.prepare().url
+    return url[len(scheme) :]
+
+
+class _MuteFilter(logging.Filter):
+    """Drops every record while the current thread is inside :func:`muted_loggers`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.local, "depth", 0)
+
+
+_MUTE = _MuteFilter()
+
+
+@contextlib.contextmanager
+def muted_loggers(*names: str) -> Iterator[None]:
+    """Silence the named loggers in this thread for the duration of the block.
+
+    botocore logs the canonical request (with ``X-Amz-Security-Token``) and the
+    signature from ``botocore.auth``, and every response body from ``botocore.parsers``,
+    at DEBUG. Signing a token or reading a secret must not end up in a log, whatever
+    level the function runs at. Other threads and other loggers are unaffected.
+
+    Example::
+
+        >>> with muted_loggers("botocore.parsers"):
+        ...     logging.getLogger("botocore.parsers").warning("not shown")
+    """
+    for name in names:
+        target = logging.getLogger(name)
+        if _MUTE not in target.filters:
+            target.addFilter(_MUTE)
+    local = _MUTE.local
+    local.depth = getattr(local, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        local.depth -= 1
