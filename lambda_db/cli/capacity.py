@@ -184,7 +184,7 @@ def plan_capacity(
     pool_room = max(min(alarm_at, usable) - other_connections, 0)
     proxy_max = math.floor(max_connections * proxy_max_connections_percent / 100)
     rec_pct = math.floor(100 * budget / max_connections) if max_connections else 0
-    borrow = max(1, math.floor(function_timeout) - 1) if function_timeout is not None else None
+    borrow = max(1, math.floor(function_timeout / 3)) if function_timeout is not None else None
     plan = CapacityPlan(
         max_connections=max_connections,
         upper_bound=upper_bound,

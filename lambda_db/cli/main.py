@@ -64,9 +64,30 @@ def _add_invoke_parser(subparsers: Any) -> None:
 
 
 def _run_invoke(args: argparse.Namespace) -> int:
-    from lambda_db.cli.invoke import run as run_invoke
+    """Load the event (and env.json), invoke, print the response; exit 1 on a function error."""
+    import json
 
-    return run_invoke(args)
+    from lambda_db.cli.invoke import InvokeError, invoke
+
+    try:
+        if args.event == "-":
+            event = json.load(sys.stdin)
+        else:
+            with open(args.event, encoding="utf-8") as f:
+                event = json.load(f)
+        env_vars = None
+        if args.env_vars:
+            with open(args.env_vars, encoding="utf-8") as f:
+                env_vars = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot read the event or env-vars file: {exc}") from exc
+    try:
+        response = invoke(args.function, event, template_path=args.template, env_vars=env_vars)
+    except InvokeError as exc:
+        raise CommandError(str(exc)) from exc
+    print(json.dumps(response, indent=2, default=str))
+    failed = isinstance(response, dict) and "errorType" in response
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
