@@ -132,8 +132,10 @@ class IamTokenProvider:
             cached = self._tokens.get(key)
             if cached is not None and not refresh and now < cached.reuse_until:
                 return Credentials(user=s.user, password=cached.token)
-            token = sign_token(aws, host=s.host, port=s.port, user=s.user, region=region,
-                               expires=int(self.TOKEN_LIFETIME))  # fmt: skip
+            token = sign_token(
+                aws, host=s.host, port=s.port, user=s.user, region=region,
+                expires=int(self.TOKEN_LIFETIME),
+            )  # fmt: skip
             self._tokens = {
                 k: v for k, v in self._tokens.items() if v.reuse_until > now and k != key
             }

@@ -117,3 +117,21 @@ def secretsmanager(aws_env: dict[str, str]) -> Iterator[Any]:
 
         client.meta.events.register("before-call.secrets-manager.GetSecretValue", count)
         yield client
+
+
+def kill_backends(app_db: Any, *conns: Any, timeout: float = 5.0) -> None:
+    """``pg_terminate_backend`` the role's sessions and wait until clients can see it.
+
+    The termination is asynchronous: wait until the backends are gone and each given
+    connection's socket is readable (the FATAL or EOF has arrived), so the next health
+    check sees a dead connection rather than racing the server.
+    """
+    import select
+    import time
+
+    app_db.terminate_all()
+    deadline = time.monotonic() + timeout
+    while app_db.backends() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for conn in conns:
+        select.select([conn.fileno()], [], [], max(0.0, deadline - time.monotonic()))

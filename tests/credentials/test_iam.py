@@ -19,8 +19,14 @@ HOST = "app-proxy.proxy-abcdefghijkl.eu-west-1.rds.amazonaws.com"
 
 
 def _settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"host": HOST, "port": 5432, "dbname": "app", "user": "app_user",
-                              "auth_mode": "iam", "region": REGION}  # fmt: skip
+    values: dict[str, Any] = {
+        "host": HOST,
+        "port": 5432,
+        "dbname": "app",
+        "user": "app_user",
+        "auth_mode": "iam",
+        "region": REGION,
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -86,9 +92,11 @@ def test_refresh_mints_a_new_token(
 
 
 def test_cache_is_keyed_by_access_key(
-    aws_env: dict[str, str], aws_time: FrozenAwsTime, clock: FakeClock,
+    aws_env: dict[str, str],
+    aws_time: FrozenAwsTime,
+    clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     keys = iter(["AKIAFIRSTKEYEXAMPLE", "AKIAFIRSTKEYEXAMPLE", "AKIASECONDKEYEXAMPL"])
 
     class Creds:

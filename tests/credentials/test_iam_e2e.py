@@ -20,7 +20,7 @@ from lambda_db.errors import AuthenticationError
 from lambda_db.localpg import LocalPostgres
 
 from ..conftest import AppDb
-from .conftest import REGION, FakeClock, FrozenAwsTime
+from .conftest import REGION, FakeClock, FrozenAwsTime, kill_backends
 
 HOST = "127.0.0.1"  # the test CA's certificate names localhost and 127.0.0.1
 
@@ -60,9 +60,13 @@ def current_user(conn: Any) -> str:
 
 
 def test_iam_login_over_verify_full_and_token_expiry(
-    app_db: AppDb, pg: LocalPostgres, iam_env: dict[str, str], aws_time: FrozenAwsTime,
-    clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    app_db: AppDb,
+    pg: LocalPostgres,
+    iam_env: dict[str, str],
+    aws_time: FrozenAwsTime,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     token = expected_token(monkeypatch, pg.tls_port, app_db.role)
     assert len(token) > 1500  # with a session token; PostgreSQL takes it as a scram password
     set_role_password(app_db, token)
@@ -92,7 +96,7 @@ def test_iam_login_over_verify_full_and_token_expiry(
         new_token = expected_token(monkeypatch, pg.tls_port, app_db.role)
         assert new_token != token
         set_role_password(app_db, new_token)
-        app_db.terminate_all()
+        kill_backends(app_db, first)
         with db.invocation() as conn:
             assert conn is not first
             assert current_user(conn) == app_db.role
@@ -104,9 +108,13 @@ def test_iam_login_over_verify_full_and_token_expiry(
 
 
 def test_refused_token_is_replaced_once(
-    app_db: AppDb, pg: LocalPostgres, iam_env: dict[str, str], aws_time: FrozenAwsTime,
-    clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    app_db: AppDb,
+    pg: LocalPostgres,
+    iam_env: dict[str, str],
+    aws_time: FrozenAwsTime,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     settings = lambda_db.Settings.from_env(iam_env)
     provider = IamTokenProvider(settings, clock=clock)
     stale = provider.get().password  # cached, still "valid" by our clock
