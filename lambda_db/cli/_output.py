@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["format_duration", "parse_duration", "percent", "print_json", "table"]
+__all__ = ["format_duration", "parse_duration", "percent", "print_json", "summary", "table"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,19 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, indent: str 
 def print_json(data: Any, stream: TextIO | None = None) -> None:
     """Indented JSON on stdout (or ``stream``), keys in insertion order."""
     print(json.dumps(data, indent=2, default=str), file=stream or sys.stdout)
+
+
+def summary(doc: str | None) -> str | None:
+    """A module docstring's first paragraph as plain text, for ``--help``.
+
+    >>> summary("``lambda-db x``: does ``y``.\n\nMore.")
+    'Does y.'
+    """
+    if not doc:
+        return None
+    first = " ".join(doc.strip().split("\n\n")[0].split())
+    first = re.sub(r"^``lambda-db [a-z-]+``: ", "", first).replace("``", "")
+    return first[:1].upper() + first[1:]
 
 
 def _cell(value: Any) -> str:

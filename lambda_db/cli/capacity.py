@@ -27,7 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lambda_db.cli._output import print_json, table
+from lambda_db.cli._output import print_json, summary, table
 
 __all__ = [
     "INSTANCE_CLASSES",
@@ -181,7 +181,6 @@ def plan_capacity(
     budget = max(min(alarm_at, usable) - other_connections, 0)
     per_replica = pool_size + max_overflow
     pool_connections = per_replica * replicas if replicas is not None else None
-    pool_room = max(min(alarm_at, usable) - other_connections, 0)
     proxy_max = math.floor(max_connections * proxy_max_connections_percent / 100)
     rec_pct = math.floor(100 * budget / max_connections) if max_connections else 0
     borrow = max(1, math.floor(function_timeout / 3)) if function_timeout is not None else None
@@ -202,8 +201,8 @@ def plan_capacity(
         max_overflow=max_overflow,
         replicas=replicas,
         pool_connections=pool_connections,
-        pool_fits=None if pool_connections is None else pool_connections <= pool_room,
-        max_replicas=pool_room // per_replica if per_replica else 0,
+        pool_fits=None if pool_connections is None else pool_connections <= budget,
+        max_replicas=budget // per_replica if per_replica else 0,
         proxy_max_connections_percent=proxy_max_connections_percent,
         proxy_max_connections=proxy_max,
         recommended_max_connections_percent=rec_pct,
@@ -236,7 +235,7 @@ def _with_recommendations(p: CapacityPlan) -> CapacityPlan:
     if p.pool_connections is not None and not p.pool_fits:
         recs.append(
             f"Pool math: ({p.pool_size} + {p.max_overflow}) x {p.replicas} = "
-            f"{p.pool_connections} connections > {p.lambda_budget + p.other_connections}: "
+            f"{p.pool_connections} connections > the budget of {p.lambda_budget}: "
             f"at most {p.max_replicas} replicas with these pool settings, or a pooler "
             "(pgBouncer) in front."
         )
@@ -272,7 +271,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "capacity",
         help="max_connections of an instance class, pool math and Lambda concurrency",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=summary(__doc__),
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -301,8 +300,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="peak concurrent executions of the functions connecting directly",
     )
-    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, metavar="N")
-    parser.add_argument("--max-overflow", type=int, default=DEFAULT_MAX_OVERFLOW, metavar="N")
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=DEFAULT_POOL_SIZE,
+        metavar="N",
+        help="pool_size per replica, for the pool math (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-overflow",
+        type=int,
+        default=DEFAULT_MAX_OVERFLOW,
+        metavar="N",
+        help="max_overflow per replica (default %(default)s)",
+    )
     parser.add_argument(
         "--replicas",
         type=int,
@@ -412,7 +423,7 @@ def render(p: CapacityPlan) -> str:
         ("usable by ordinary roles", p.usable, "max_connections - reserved"),
         (f"alarm at {int(p.threshold * 100)}%", p.alarm_at, "CloudWatch DatabaseConnections"),
         ("other connections", p.other_connections, "admin, migrations, services"),
-        ("Lambda budget", p.lambda_budget, "min(alarm, usable) - other"),
+        ("budget", p.lambda_budget, "min(alarm, usable) - other: Lambda or pools"),
     ]
     if p.lambda_concurrency is not None:
         verdict = "fits" if p.lambda_fits else "DOES NOT FIT"

@@ -47,7 +47,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from lambda_db.cli._demo_env import EnvironmentSpec, run_environment
-from lambda_db.cli._output import print_json, table
+from lambda_db.cli._output import print_json, summary, table
 
 if TYPE_CHECKING:
     from lambda_db.cli.pgbouncer import PgBouncer
@@ -666,7 +666,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "demo",
         help="reproduce 'too many connections for role' and its fixes on a local server",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=summary(__doc__),
     )
     parser.add_argument(
         "--environments",

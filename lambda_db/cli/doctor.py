@@ -23,7 +23,14 @@ from collections import Counter
 from typing import Any
 
 from lambda_db.cli._connection import add_connection_options, connect, describe
-from lambda_db.cli._output import format_duration, parse_duration, percent, print_json, table
+from lambda_db.cli._output import (
+    format_duration,
+    parse_duration,
+    percent,
+    print_json,
+    summary,
+    table,
+)
 from lambda_db.diagnostics import DEFAULT_THRESHOLD, LimitUsage, Report, collect
 
 __all__ = ["add_parser", "recommendations", "render", "run", "warnings"]
@@ -39,7 +46,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "doctor",
         help="connection use against every limit, stragglers, recommendations",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=summary(__doc__),
     )
     parser.add_argument(
         "--threshold",

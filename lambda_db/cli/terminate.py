@@ -33,7 +33,7 @@ import psycopg2
 import psycopg2.extensions
 
 from lambda_db.cli._connection import add_connection_options, connect
-from lambda_db.cli._output import format_duration, parse_duration, print_json, table
+from lambda_db.cli._output import format_duration, parse_duration, print_json, summary, table
 
 __all__ = ["STATES", "Candidate", "add_parser", "find_idle", "run", "terminate"]
 
@@ -184,7 +184,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "terminate-idle",
         help="end a named role's idle sessions (dry run unless --yes)",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        description=summary(__doc__),
     )
     parser.add_argument(
         "--user",
