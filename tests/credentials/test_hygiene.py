@@ -1,0 +1,147 @@
+"""No token, password or secret value in any log line (DEBUG, every logger) or error text;
+no AWS library loaded by ``import lambda_db``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import traceback
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+from psycopg2 import sql
+
+import lambda_db
+from lambda_db._iam import IamTokenProvider
+from lambda_db._secrets import SecretProvider
+from lambda_db.errors import AuthenticationError
+from lambda_db.localpg import LocalPostgres
+
+from ..conftest import AppDb
+from .conftest import REGION, SECRET_KEY, SESSION_TOKEN, FakeClock, FrozenAwsTime, kill_backends
+from .test_iam_e2e import expected_token, set_role_password
+
+
+def _secret_parts(token: str) -> list[str]:
+    """The token, and the parts of it that would be enough to reuse or forge it."""
+    query = dict(parse_qsl(token.split("?", 1)[1]))
+    return [token, query["X-Amz-Signature"], SESSION_TOKEN, SECRET_KEY]
+
+
+def _assert_absent(needles: list[str], *texts: str) -> None:
+    for text in texts:
+        for needle in needles:
+            assert needle not in text
+
+
+def _error_text(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc))
+
+
+def test_iam_mode_logs_and_errors_hold_no_token(
+    app_db: AppDb, pg: LocalPostgres, aws_env: dict[str, str], aws_time: FrozenAwsTime,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    env = {"DB_AUTH_MODE": "iam", "DB_HOST": "127.0.0.1", "DB_PORT": str(pg.tls_port),
+           "DB_NAME": app_db.name, "DB_USER": app_db.role, "DB_REGION": REGION,
+           "DB_SSLMODE": "verify-full", "DB_SSLROOTCERT": str(pg.ca_path)}  # fmt: skip
+    token = expected_token(monkeypatch, pg.tls_port, app_db.role)
+    set_role_password(app_db, token)
+    caplog.clear()  # boto3's own generate_db_auth_token logs its signature at DEBUG
+    settings = lambda_db.Settings.from_env(env)
+    provider = IamTokenProvider(settings, clock=FakeClock())
+    db = lambda_db.Database(settings, provider=provider)
+    needles = _secret_parts(token)
+    try:
+        with db.invocation() as conn:
+            kill_backends(app_db, conn)
+        aws_time.advance(30)
+        set_role_password(app_db, "no-token-will-match")
+        with pytest.raises(AuthenticationError) as info:
+            db.get_connection()
+    finally:
+        db.close()
+    refreshed = str(provider.get().password)  # the last minted token (cached)
+    needles += _secret_parts(refreshed)
+    assert any(r.name.startswith("botocore") for r in caplog.records), "DEBUG was not captured"
+    _assert_absent(needles, caplog.text, _error_text(info.value), repr(db), repr(provider))
+    for record in caplog.records:
+        _assert_absent(needles, repr(record.args), record.getMessage())
+
+
+def test_secret_mode_logs_and_errors_hold_no_password(
+    app_db: AppDb, pg: LocalPostgres, secretsmanager: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    def secret(password: str) -> str:
+        return json.dumps({"username": app_db.role, "password": password, "host": pg.host,
+                           "port": pg.port, "dbname": app_db.name})  # fmt: skip
+
+    arn = secretsmanager.create_secret(Name="hygiene/db", SecretString=secret(app_db.password))
+    settings = lambda_db.Settings(auth_mode="secret", secret_arn=arn["ARN"])
+    provider = SecretProvider(settings, client=secretsmanager)
+    db = lambda_db.Database(settings, provider=provider)
+    wrong = "wrong-" + app_db.password
+    # Only what lambda-db logs counts: the test's own boto3 calls (create_secret,
+    # put_secret_value) log their request bodies at DEBUG, as botocore always does.
+    logged: list[logging.LogRecord] = []
+    caplog.clear()
+    try:
+        with db.invocation() as conn:
+            pass
+        logged += caplog.records
+        pg.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(app_db.role)),
+            ("server-" + app_db.password,),
+        )
+        secretsmanager.put_secret_value(SecretId=arn["ARN"], SecretString=secret(wrong))
+        kill_backends(app_db, conn)
+        caplog.clear()
+        with pytest.raises(AuthenticationError) as info:
+            db.get_connection()
+        logged += caplog.records
+    finally:
+        db.close()
+    assert provider.fetches == 2
+    assert any(r.name.startswith("botocore") for r in logged), "DEBUG was not captured"
+    needles = [app_db.password, wrong]
+    _assert_absent(needles, _error_text(info.value), repr(db), repr(provider))
+    for record in logged:
+        _assert_absent(needles, repr(record.args), record.getMessage())
+
+
+def test_import_lambda_db_loads_no_aws_library() -> None:
+    code = (
+        "import sys, lambda_db\n"
+        "from lambda_db._credentials import make_provider\n"
+        "s = lambda_db.Settings(host='h', dbname='d', user='u', password='p')\n"
+        "make_provider(s).get()\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in "
+        "('boto3', 'botocore', 'awscrt', 's3transfer')"
+        " or m.startswith('aws_lambda_powertools.utilities.parameters')]\n"
+        "print(','.join(loaded))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_iam_mode_loads_botocore_but_not_boto3_or_the_rds_model(aws_env: dict[str, str]) -> None:
+    code = (
+        "import sys, lambda_db\n"
+        "import botocore.loaders as L\n"
+        "models = []\n"
+        "orig = L.Loader.load_service_model\n"
+        "L.Loader.load_service_model = lambda s, *a, **k: models.append(a) or orig(s, *a, **k)\n"
+        "from lambda_db._credentials import make_provider\n"
+        "s = lambda_db.Settings(host='h.example', dbname='d', user='u', auth_mode='iam',"
+        " region='eu-west-1')\n"
+        "assert make_provider(s).get().password\n"
+        "print('boto3' in sys.modules, models)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False []"
