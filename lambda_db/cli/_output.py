@@ -98,7 +98,7 @@ def print_json(data: Any, stream: TextIO | None = None) -> None:
 
 
 def summary(doc: str | None) -> str | None:
-    """A module docstring's first paragraph as plain text, for ``--help``.
+    r"""A module docstring's first paragraph as plain text, for ``--help``.
 
     >>> summary("``lambda-db x``: does ``y``.\n\nMore.")
     'Does y.'
