@@ -1,0 +1,127 @@
+"""A silent network path: nothing comes back, and nothing is closed.
+
+A NAT gateway that dropped an idle flow, a proxy that stopped forwarding: a blocking
+client would wait until Lambda kills the whole environment. A relay between lambda-db
+and the server (``tests.support.relay``) goes silent on cue. Whatever lambda-db was
+doing (the idle ping, the invocation's first statement, a statement in the handler, a
+new connection) must end in a typed error before the invocation's deadline, and the
+first invocation after the path heals must succeed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lambda_db import Database, Settings
+from tests.conftest import AppDb, FakeLambdaContext
+from tests.support.ledger import Ledger, committed_ids, handler_for, invoke, new_event
+from tests.support.relay import Relay
+
+#: Lambda's default function timeout.
+TIMEOUT_MS = 3000
+
+#: Cases where lambda-db overruns the invocation's deadline today. The test still checks
+#: everything else, and fails as soon as the overrun is fixed, so the entry gets removed.
+OVERRUNS = {
+    "idle-ping": (
+        "lambda_db/database.py Database._ping bounds the ping by connect_timeout "
+        "(5 s), not by the invocation's deadline; connect_with_retry then still starts "
+        "a 2 s connect attempt with no budget left: about 7 s for a 3 s function"
+    ),
+    "connect-margin-0.5": (
+        "lambda_db/_connect.py connect_kwargs rounds connect_timeout up to whole "
+        "seconds (math.ceil, at least 2), so one silent attempt outlives a budget that "
+        "is not a whole number by up to 1 s: more than a 0.5 s DB_DEADLINE_MARGIN"
+    ),
+}
+
+
+@pytest.fixture
+def relay(ledger_db: AppDb) -> Iterator[Relay]:
+    with Relay(ledger_db.pg.host, ledger_db.pg.port) as relay:
+        yield relay
+
+
+def through(relay: Relay, app_db: AppDb, **changes: Any) -> Settings:
+    return app_db.settings.replace(host=relay.host, port=relay.port, **changes)
+
+
+def silence_now(relay: Relay) -> Any:
+    def during(cur: Any) -> None:
+        relay.silence()
+        cur.execute("SELECT 1")
+
+    return during
+
+
+# (case, settings changes, function timeout, warm before the fault?, expected error)
+CASES = [
+    ("statement", {}, TIMEOUT_MS, True, "ConnectionLostError"),
+    ("first-statement", {}, TIMEOUT_MS, True, "ConnectionLostError"),
+    ("idle-ping", {"idle_ping_after": 0.0}, TIMEOUT_MS, True, "DatabaseUnavailableError"),
+    ("connect", {}, TIMEOUT_MS, False, "DatabaseUnavailableError"),
+    ("connect-margin-0.5", {"deadline_margin": 0.5}, 3600, False, "DatabaseUnavailableError"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("case", "changes", "timeout_ms", "warm", "expected"), CASES, ids=[c[0] for c in CASES]
+)
+def test_silent_path_typed_error_inside_the_deadline_then_recovery(
+    ledger_db: AppDb,
+    relay: Relay,
+    case: str,
+    changes: dict[str, Any],
+    timeout_ms: int,
+    warm: bool,
+    expected: str,
+) -> None:
+    db = Database(through(relay, ledger_db, **changes))
+    outcomes = []
+    if warm:
+        outcomes.append(invoke(handler_for(db), new_event(0), FakeLambdaContext(timeout_ms)))
+    if case == "statement":
+        handler = handler_for(db, during=silence_now(relay))
+    else:
+        relay.silence()
+        handler = handler_for(db)
+    doomed = invoke(handler, new_event(1), FakeLambdaContext(timeout_ms))
+    relay.heal()
+    after = invoke(handler_for(db), new_event(2), FakeLambdaContext(timeout_ms))
+    outcomes += [doomed, after]
+
+    assert doomed.is_a(expected), doomed
+    assert doomed.is_a("DatabaseUnavailableError")
+    assert after.ok, after
+    Ledger.check(outcomes, committed_ids(ledger_db)).assert_exact()
+    db.close()
+    if case in OVERRUNS:
+        assert not doomed.inside_deadline, f"fixed: remove {case!r} from OVERRUNS"
+        pytest.xfail(f"{doomed.elapsed:.2f} s for a {timeout_ms / 1000:g} s function: "
+                     + OVERRUNS[case])  # fmt: skip
+    assert doomed.inside_deadline, f"{doomed.elapsed:.2f} s for a {timeout_ms} ms function"
+
+
+@pytest.mark.slow
+def test_a_connection_lost_at_the_first_statement_is_counted_once(
+    ledger_db: AppDb, relay: Relay
+) -> None:
+    db = Database(through(relay, ledger_db))
+    invoke(handler_for(db), new_event(0), FakeLambdaContext(TIMEOUT_MS))
+    relay.silence()
+    doomed = invoke(handler_for(db), new_event(1), FakeLambdaContext(TIMEOUT_MS))
+    relay.heal()
+    assert doomed.is_a("ConnectionLostError")
+    lost, nested = db.stats.connections_lost, doomed.message.count("was lost")
+    db.close()
+    if (lost, nested) == (2, 2):
+        pytest.xfail(
+            "lambda_db/database.py invocation(): _begin raises self._lost(...) inside the "
+            "try whose except calls _end_failed, which calls self._lost(...) again: "
+            "connections_lost counts 2 and the message nests itself"
+        )
+    assert (lost, nested) == (1, 1)

@@ -1,0 +1,1 @@
+"""Many environments at once: server connections sampled, the naive pattern beside."""

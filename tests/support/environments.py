@@ -1,0 +1,251 @@
+"""Lambda execution environments as processes, each invoking its handler in a loop.
+
+An environment is a process: it imports its handler once (module state survives
+between invocations, as in Lambda), then runs one invocation at a time, each with a
+fresh context whose deadline is real (``tests.conftest.FakeLambdaContext``), and
+reports every :class:`~tests.support.ledger.Outcome` to the parent. Every invocation
+writes one row with a unique id and reads it back in the same transaction.
+
+Two handler patterns, on the same settings (the ``DB_*`` environment):
+
+* ``lambda-db``: the README's handler, ``@with_connection`` and ``get_connection()``;
+* ``naive``: the seed article's "Fix 4", a module-level ``psycopg2`` connection reopened
+  only when ``conn.closed`` says so, committed with ``with conn:``.
+
+The parent can freeze every environment between two invocations (as Lambda freezes an
+idle environment), act on the server, and thaw them.
+
+Example::
+
+    plan = Plan(env=dict(app_db), invocations=20)
+    with Environments(plan, count=8) as envs:
+        envs.finish()
+    assert all(o.ok for o in envs.outcomes)
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+
+from tests.support.ledger import Handler, Outcome, invoke, new_event, write_row
+
+__all__ = ["Environments", "Pattern", "Plan"]
+
+Pattern = Literal["lambda-db", "naive"]
+_mp = multiprocessing.get_context("spawn")  # the parent may run threads: never fork it
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every environment does."""
+
+    #: The function's environment variables (``DB_*``).
+    env: Mapping[str, str]
+    pattern: Pattern = "lambda-db"
+    #: Invocations per environment; ``None`` runs until :meth:`Environments.finish`.
+    invocations: int | None = None
+    #: The function's timeout: each invocation's context counts down from it.
+    timeout_ms: int = 3000
+    #: Seconds between two invocations of one environment.
+    pause: float = 0.0
+    #: Seconds of ``pg_sleep`` inside each invocation (holding its transaction).
+    work: float = 0.0
+    #: Freeze after this many invocations until :meth:`Environments.thaw`.
+    freeze_after: int | None = None
+
+
+class Environments:
+    """Start ``count`` environments running ``plan``; collect their outcomes."""
+
+    def __init__(self, plan: Plan, count: int) -> None:
+        self.plan = plan
+        self.count = count
+        self.outcomes: list[Outcome] = []
+        #: Per environment, its counters at exit (``Database.stats`` or the naive ones).
+        self.stats: dict[int, dict[str, int]] = {}
+        self._queue: Any = _mp.Queue()
+        self._go = _mp.Event()
+        self._stop = _mp.Event()
+        self._thaw = _mp.Event()
+        self._ready: set[int] = set()
+        self._frozen: set[int] = set()
+        self._done: set[int] = set()
+        self._procs = [
+            _mp.Process(
+                target=_environment,
+                args=(plan, i, self._queue, self._go, self._stop, self._thaw),
+                name=f"lambda-env-{i}",
+                daemon=True,
+            )
+            for i in range(count)
+        ]
+
+    def __enter__(self) -> Environments:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thaw.set()
+        self._go.set()
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+
+    # -- control ---------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0) -> float:
+        """Start every process, wait until all have imported, then release them together.
+
+        Returns the ``time.monotonic()`` of the release.
+        """
+        for proc in self._procs:
+            proc.start()
+        self._wait(lambda: len(self._ready) == self.count, timeout, "environments to start")
+        released = time.monotonic()
+        self._go.set()
+        return released
+
+    def wait_until(
+        self, predicate: Callable[[Environments], bool], timeout: float, what: str
+    ) -> None:
+        """Collect reports until ``predicate(self)`` holds (``TimeoutError`` after ``timeout``)."""
+        self._wait(lambda: predicate(self), timeout, what)
+
+    def wait_frozen(self, timeout: float = 60.0) -> None:
+        """Wait until every environment is frozen (``Plan.freeze_after``)."""
+        self._wait(lambda: len(self._frozen | self._done) == self.count, timeout, "freeze")
+
+    def thaw(self) -> None:
+        """Let frozen environments carry on."""
+        self._thaw.set()
+
+    def finish(self, timeout: float = 300.0) -> None:
+        """Stop looping environments, wait for all to report their counters, and join them."""
+        if self.plan.invocations is None:
+            self._stop.set()
+        self._thaw.set()
+        self._wait(lambda: len(self._done) == self.count, timeout, "environments to finish")
+        for proc in self._procs:
+            proc.join(timeout=30)
+
+    # -- results ---------------------------------------------------------------------
+
+    def successes(self, env: int, *, since: float = float("-inf")) -> int:
+        """Successful invocations of ``env`` that started at or after ``since``."""
+        return sum(1 for o in self.outcomes if o.env == env and o.ok and o.started >= since)
+
+    def failures(self) -> list[Outcome]:
+        """Every failed invocation."""
+        return [o for o in self.outcomes if not o.ok]
+
+    def _wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"waited {timeout:g} s for {what}")
+            try:
+                message = self._queue.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                if not any(p.is_alive() for p in self._procs) and not condition():
+                    raise RuntimeError(f"every environment exited before {what}") from None
+                continue
+            self._dispatch(message)
+
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind, env, *rest = message
+        if kind == "outcome":
+            self.outcomes.append(rest[0])
+        elif kind == "ready":
+            self._ready.add(env)
+        elif kind == "frozen":
+            self._frozen.add(env)
+        elif kind == "done":
+            self._done.add(env)
+            self.stats[env] = rest[0]
+        elif kind == "crashed":
+            raise RuntimeError(f"environment {env} crashed:\n{rest[0]}")
+
+
+# -- inside an environment (a spawned process) ----------------------------------------
+
+
+def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw: Any) -> None:
+    try:
+        from tests.conftest import FakeLambdaContext
+
+        os.environ.update(plan.env)
+        handler, counters = _lambda_db_handler() if plan.pattern == "lambda-db" else _naive()
+        reports.put(("ready", index))
+        go.wait()
+        seq = 0
+        while not stop.is_set() and (plan.invocations is None or seq < plan.invocations):
+            if seq == plan.freeze_after:
+                reports.put(("frozen", index))
+                thaw.wait()
+            context = FakeLambdaContext(timeout_ms=plan.timeout_ms)
+            outcome = invoke(handler, new_event(seq, index, plan.work), context)
+            reports.put(("outcome", index, outcome))
+            seq += 1
+            if plan.pause:
+                time.sleep(plan.pause)
+        reports.put(("done", index, counters()))
+    except BaseException:
+        reports.put(("crashed", index, traceback.format_exc()))
+
+
+def _lambda_db_handler() -> tuple[Handler, Callable[[], dict[str, int]]]:
+    import lambda_db
+
+    @lambda_db.with_connection
+    def handler(event: dict[str, Any], context: Any) -> str:
+        with lambda_db.get_connection().cursor() as cur:
+            write_row(cur, event)
+        return "ok"
+
+    return handler, lambda: lambda_db.default_database().stats.as_dict()
+
+
+def _naive() -> tuple[Handler, Callable[[], dict[str, int]]]:
+    """The seed article's Fix 4: reconnect only when ``conn.closed`` says so."""
+    import psycopg2
+
+    state: dict[str, Any] = {"conn": None, "connects": 0}
+
+    def get_connection() -> Any:
+        conn = state["conn"]
+        if conn is None or conn.closed:
+            conn = state["conn"] = psycopg2.connect(
+                host=os.environ["DB_HOST"],
+                port=os.environ["DB_PORT"],
+                database=os.environ["DB_NAME"],
+                user=os.environ["DB_USER"],
+                password=os.environ["DB_PASSWORD"],
+                application_name=os.environ.get("DB_APPLICATION_NAME", "naive"),
+            )
+            state["connects"] += 1
+        return conn
+
+    def handler(event: dict[str, Any], context: Any) -> str:
+        conn = get_connection()
+        with conn, conn.cursor() as cur:
+            write_row(cur, event)
+        return "ok"
+
+    return handler, lambda: {"connects": int(state["connects"])}
