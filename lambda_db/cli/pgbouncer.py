@@ -20,10 +20,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,14 +32,14 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from lambda_db.localpg import _ensure_system_user, _free_port
+
 __all__ = ["PgBouncer", "find_pgbouncer"]
 
 logger = logging.getLogger(__name__)
 
 #: Where distributions install it when ``/usr/sbin`` is not on ``PATH``.
 _KNOWN_PATHS = ("/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer", "/usr/bin/pgbouncer")
-#: The user pgBouncer runs as when we are root (LocalPostgres's server user).
-_SYSTEM_USER = "lambda_db_pg"
 STATS_USER = "pgbouncer_stats"
 
 
@@ -51,12 +49,6 @@ def find_pgbouncer() -> str | None:
     if found:
         return found
     return next((p for p in _KNOWN_PATHS if os.access(p, os.X_OK)), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PgBouncer:
@@ -113,7 +105,8 @@ class PgBouncer:
 
     def start(self, timeout: float = 10.0) -> None:
         """Write the configuration, start pgBouncer and wait until it accepts logins."""
-        run_as = _unprivileged_user() if os.geteuid() == 0 else None
+        # as root, the unprivileged user LocalPostgres runs the server as
+        run_as = _ensure_system_user() if os.geteuid() == 0 else None
         self._dir = Path(tempfile.mkdtemp(prefix="lambda-db-pgbouncer-"))
         ini = self._write_config(self._dir)
         if run_as is not None:
@@ -236,23 +229,3 @@ class PgBouncer:
             if path is not None:
                 return path.read_text()[-3000:]
         return ""
-
-
-def _unprivileged_user() -> pwd.struct_passwd:
-    """LocalPostgres's server user, created by it when it started as root."""
-    try:
-        return pwd.getpwnam(_SYSTEM_USER)
-    except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                _SYSTEM_USER,
-            ],
-            check=True,
-            capture_output=True,
-        )
-        return pwd.getpwnam(_SYSTEM_USER)
