@@ -25,7 +25,7 @@ import psycopg2.extensions
 
 from lambda_db.config import Settings
 from lambda_db.database import Database
-from lambda_db.errors import LambdaDbError
+from lambda_db.errors import ConnectionLimitError, LambdaDbError
 
 __all__ = ["CommandError", "add_connection_options", "connect", "describe"]
 
@@ -66,6 +66,11 @@ def connect(args: argparse.Namespace, command: str) -> psycopg2.extensions.conne
     except psycopg2.Error as exc:
         # libpq's messages name host and port, never the password.
         raise CommandError(f"cannot connect: {_one_line(exc)}") from exc
+    except ConnectionLimitError as exc:
+        raise CommandError(
+            f"cannot connect: {exc}. A full role or server refuses this command too: run it "
+            "as another role (one granted pg_monitor sees everything) with DB_USER or --dsn"
+        ) from exc
     except LambdaDbError as exc:
         raise CommandError(f"cannot connect: {exc}") from exc
     conn.autocommit = True

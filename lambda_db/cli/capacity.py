@@ -27,6 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from lambda_db.cli._connection import CommandError, add_connection_options, connect, describe
 from lambda_db.cli._output import print_json, summary, table
 
 __all__ = [
@@ -133,6 +134,8 @@ class CapacityPlan:
     function_timeout: float | None
     recommended_borrow_timeout: int | None
     recommendations: list[str] = field(default_factory=list)
+    #: ``user@host:port/dbname`` when the figures were read from a server.
+    source: str | None = None
 
     @property
     def fits(self) -> bool:
@@ -280,12 +283,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     source.add_argument(
         "--max-connections", type=int, metavar="N", help="the real value (SHOW max_connections)"
     )
+    source.add_argument(
+        "--from-server",
+        action="store_true",
+        help="read max_connections and the reserved slots from the server (DB_* or --dsn)",
+    )
     parser.add_argument(
         "--reserved",
         type=int,
-        default=DEFAULT_RESERVED,
         metavar="N",
-        help="superuser_reserved_connections (default %(default)s)",
+        help=f"reserved superuser slots (default {DEFAULT_RESERVED}, or the server's)",
     )
     parser.add_argument(
         "--other-connections",
@@ -340,15 +347,29 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="alarm threshold, 0..1 (default %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    add_connection_options(parser)
     parser.set_defaults(handler=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the class table, or the plan for one instance. Exit 1 when a workload won't fit."""
-    if args.instance_class is None and args.max_connections is None:
+    reserved = DEFAULT_RESERVED if args.reserved is None else args.reserved
+    source: str | None = None
+    from_server = args.from_server or args.dsn is not None
+    if from_server and (args.instance_class is not None or args.max_connections is not None):
+        raise SystemExit(
+            "lambda-db capacity: --dsn reads the server: drop --instance-class "
+            "and --max-connections"
+        )
+    if not from_server and args.instance_class is None and args.max_connections is None:
         return _print_classes(args.json)
-    if args.instance_class is not None:
+    memory: float | None = None
+    if from_server:
+        max_conn, server_reserved, source = _read_server(args)
+        upper, cls = False, None
+        reserved = server_reserved if args.reserved is None else args.reserved
+    elif args.instance_class is not None:
         name = (
             args.instance_class
             if args.instance_class.startswith("db.")
@@ -359,17 +380,17 @@ def run(args: argparse.Namespace) -> int:
                 f"lambda-db capacity: unknown instance class {args.instance_class!r}; "
                 "run 'lambda-db capacity' for the table, or pass --max-connections N"
             )
-        memory: float | None = INSTANCE_CLASSES[name]
+        memory = INSTANCE_CLASSES[name]
         max_conn = max_connections_upper_bound(INSTANCE_CLASSES[name])
         upper, cls = True, name
     else:
-        memory, max_conn, upper, cls = None, args.max_connections, False, None
+        max_conn, upper, cls = args.max_connections, False, None
     plan = plan_capacity(
         max_connections=max_conn,
         upper_bound=upper,
         instance_class=cls,
         memory_gib=memory,
-        reserved=args.reserved,
+        reserved=reserved,
         threshold=args.threshold,
         other_connections=args.other_connections,
         lambda_concurrency=args.lambda_concurrency,
@@ -379,11 +400,32 @@ def run(args: argparse.Namespace) -> int:
         proxy_max_connections_percent=args.proxy_max_connections_percent,
         function_timeout=args.function_timeout,
     )
+    if source is not None:
+        plan = CapacityPlan(**{**asdict(plan), "source": source})
     if args.json:
         print_json(plan.to_dict())
     else:
         print(render(plan))
     return 0 if plan.fits else 1
+
+
+def _read_server(args: argparse.Namespace) -> tuple[int, int, str]:
+    """(max_connections, reserved slots, where) from the server the arguments name."""
+    conn = connect(args, "capacity")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT current_setting('max_connections')::int,"
+                " current_setting('superuser_reserved_connections')::int"
+                " + coalesce(current_setting('reserved_connections', true), '0')::int"
+            )
+            row = cur.fetchone()
+        where = describe(conn)
+    finally:
+        conn.close()
+    if row is None:  # pragma: no cover - a SELECT without FROM returns one row
+        raise CommandError("the server returned no settings")
+    return int(row[0]), int(row[1]), where
 
 
 def _print_classes(as_json: bool) -> int:
@@ -414,12 +456,18 @@ def render(p: CapacityPlan) -> str:
             "  LEAST(DBInstanceClassMemory/9531392, 5000), an upper bound: DBInstanceClassMemory"
         )
         lines.append("  is below nominal memory; SHOW max_connections gives the real value")
+    elif p.source:
+        lines.append(f"max_connections = {p.max_connections} (SHOW max_connections on {p.source})")
     else:
         lines.append(f"max_connections = {p.max_connections}")
     lines.append("")
     rows: list[tuple[str, Any, str]] = [
-        ("max_connections", p.max_connections, "upper bound" if p.upper_bound else "given"),
-        ("reserved (superuser)", p.reserved, "superuser_reserved_connections"),
+        (
+            "max_connections",
+            p.max_connections,
+            "upper bound" if p.upper_bound else ("the server's" if p.source else "given"),
+        ),
+        ("reserved", p.reserved, "superuser_reserved_connections (+ reserved_connections)"),
         ("usable by ordinary roles", p.usable, "max_connections - reserved"),
         (f"alarm at {int(p.threshold * 100)}%", p.alarm_at, "CloudWatch DatabaseConnections"),
         ("other connections", p.other_connections, "admin, migrations, services"),

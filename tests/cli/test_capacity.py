@@ -11,6 +11,7 @@ from lambda_db.cli.capacity import (
     plan_capacity,
 )
 from tests.cli.conftest import Cli
+from tests.conftest import AppDb
 
 
 @pytest.mark.parametrize(
@@ -97,3 +98,20 @@ def test_cli_table_and_unknown_class(cli: Cli) -> None:
     assert rows["db.t3.micro"] == 112
     with pytest.raises(SystemExit, match="unknown instance class"):
         cli("capacity", "--instance-class", "db.x9.huge")
+
+
+def test_cli_reads_the_real_server(cli: Cli, app_db: AppDb) -> None:
+    """``--from-server``: max_connections and the reserved slots as the server says."""
+    real = app_db.query(
+        "SELECT current_setting('max_connections')::int,"
+        " current_setting('superuser_reserved_connections')::int"
+    )[0]
+    result = cli("capacity", "--from-server", "--lambda-concurrency", "10", "--json", env=app_db)
+    assert result.status == 0, result.stderr
+    data = result.json()
+    assert data["max_connections"] == real[0]
+    assert data["reserved"] >= real[1]
+    assert data["upper_bound"] is False
+    assert data["source"] == f"{app_db.role}@{app_db['DB_HOST']}:{app_db['DB_PORT']}/{app_db.name}"
+    text = cli("capacity", "--from-server", env=app_db).stdout
+    assert f"max_connections = {real[0]} (SHOW max_connections on" in text

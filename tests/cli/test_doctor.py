@@ -85,3 +85,12 @@ def test_unreachable_server_exits_2_without_the_password(cli: Cli, app_db: AppDb
     assert result.stderr.startswith("lambda-db doctor: cannot connect")
     assert "wrong-pw-xyz" not in result.stderr
     assert app_db.password not in result.stderr
+
+
+def test_a_full_role_is_told_to_use_another(cli: Cli, app_db: AppDb, sessions: Sessions) -> None:
+    app_db.pg.execute(f'ALTER ROLE "{app_db.role}" CONNECTION LIMIT 2')
+    sessions(2)
+    result = cli("doctor", env={**app_db, "DB_CONNECT_BUDGET": "0.5"})
+    assert result.status == 2
+    assert "too many connections" in result.stderr
+    assert "run it as another role" in result.stderr
