@@ -120,6 +120,18 @@ def test_credentials_are_read_when_minting_not_at_construction(
     assert "AKIALATERKEYEXAMPLE%2F" in str(provider.get().password)
 
 
+def test_without_environment_keys_the_rest_of_botocores_chain_is_used(
+    aws_env: dict[str, str], aws_time: FrozenAwsTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    with open(aws_env["AWS_SHARED_CREDENTIALS_FILE"], "w") as f:
+        f.write("[default]\naws_access_key_id = AKIAFROMFILEEXAMPLE\naws_secret_access_key = s\n")
+    token = str(IamTokenProvider(_settings()).get().password)
+    assert "X-Amz-Credential=AKIAFROMFILEEXAMPLE%2F" in token
+    assert "X-Amz-Security-Token" not in token
+
+
 def test_invalidate_forgets_tokens_and_credentials(
     aws_env: dict[str, str], aws_time: FrozenAwsTime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
