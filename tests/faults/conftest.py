@@ -11,15 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from lambda_db.localpg import LocalPostgres
-from tests.conftest import AppDb
-from tests.support.ledger import create_table
+from tests.support.fixtures import ledger_db
 
-
-@pytest.fixture
-def ledger_db(app_db: AppDb) -> AppDb:
-    """``app_db`` with the ledger table (one row per successful invocation)."""
-    create_table(app_db)
-    return app_db
+__all__ = ["ledger_db", "private_pg"]
 
 
 @pytest.fixture(scope="package")
