@@ -60,6 +60,10 @@ class Plan:
     work: float = 0.0
     #: Freeze after this many invocations until :meth:`Environments.thaw`.
     freeze_after: int | None = None
+    #: Secret mode: a file holding the RDS secret's JSON. Each environment serves it from
+    #: its own moto Secrets Manager (moto cannot be shared between processes) and reads
+    #: the file again when thawed: a rotation that every environment sees at once.
+    secret_file: str | None = None
 
 
 class Environments:
@@ -191,6 +195,7 @@ def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw:
         from tests.conftest import FakeLambdaContext
 
         os.environ.update(plan.env)
+        rotate = _serve_secret(plan.secret_file) if plan.secret_file else None
         handler, counters = _lambda_db_handler() if plan.pattern == "lambda-db" else _naive()
         reports.put(("ready", index))
         go.wait()
@@ -199,6 +204,8 @@ def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw:
             if seq == plan.freeze_after:
                 reports.put(("frozen", index))
                 thaw.wait()
+                if rotate is not None:
+                    rotate()
             context = FakeLambdaContext(timeout_ms=plan.timeout_ms)
             outcome = invoke(handler, new_event(seq, index, plan.work), context)
             reports.put(("outcome", index, outcome))
@@ -208,6 +215,24 @@ def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw:
         reports.put(("done", index, counters()))
     except BaseException:
         reports.put(("crashed", index, traceback.format_exc()))
+
+
+def _serve_secret(path: str) -> Callable[[], None]:
+    """Start moto, store the secret from ``path``; return what re-reads it (a rotation)."""
+    import boto3
+    from moto import mock_aws
+
+    mock_aws().start()
+    client = boto3.client("secretsmanager", region_name=os.environ["AWS_REGION"])
+    with open(path) as f:
+        arn = client.create_secret(Name="app/db", SecretString=f.read())["ARN"]
+    os.environ.update(DB_AUTH_MODE="secret", DB_SECRET_ARN=arn)
+
+    def rotate() -> None:
+        with open(path) as f:
+            client.put_secret_value(SecretId=arn, SecretString=f.read())
+
+    return rotate
 
 
 def _lambda_db_handler() -> tuple[Handler, Callable[[], dict[str, int]]]:
