@@ -19,9 +19,13 @@ What is mirrored from ``sam local invoke -e EVENT --env-vars ENV_JSON``:
   merged in (the function's values win; environment variables merge);
 * intrinsic functions are resolved as SAM CLI resolves them: ``Ref`` to a parameter gives
   its override or default, a pseudo parameter a placeholder (``us-east-1``,
-  ``123456789012``), a resource its logical id; ``Fn::GetAtt`` an unknown attribute gives
-  ``$Logical.Attribute``; ``Fn::Sub``, ``Fn::Join``, ``Fn::Select``, ``Fn::Split``,
-  ``Fn::If`` and ``Fn::FindInMap`` are evaluated; anything left unresolved becomes ``""``;
+  ``123456789012``), a resource its logical id; ``Fn::GetAtt`` gives a placeholder ARN
+  for ``.Arn`` and ``$Logical.Attribute`` inside ``Fn::Sub``; ``Fn::Sub``, ``Fn::Join``,
+  ``Fn::Select``, ``Fn::Split``, ``Fn::If``, ``Fn::FindInMap`` and ``Fn::Base64`` are
+  evaluated; anything left unresolved (``!GetAtt Proxy.Endpoint``) becomes ``""``.
+  Deliberate differences, where CloudFormation is followed: ``${!Literal}`` in ``Fn::Sub``
+  gives ``${Literal}`` (SAM CLI keeps the ``!``) and ``!Ref AWS::NoValue`` removes the
+  variable (SAM CLI sets it to ``""``);
 * ``env_vars`` (the env.json format: ``{"Parameters": {...}, "FunctionLogicalId": {...}}``)
   overrides only the variables the template declares for the function; the function's
   own entry beats ``Parameters``, which beats the shell's environment, which beats the
@@ -46,6 +50,7 @@ handler's modules are restored afterwards.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib
 import json
@@ -163,10 +168,17 @@ class _Resolver:
         cls, template: Mapping[str, Any], overrides: Mapping[str, str] | None
     ) -> _Resolver:
         values: dict[str, Any] = dict(PSEUDO_PARAMETERS)
-        for name, spec in (template.get("Parameters") or {}).items():
+        specs = template.get("Parameters") or {}
+        for name, spec in specs.items():
             if isinstance(spec, Mapping) and "Default" in spec:
                 values[name] = spec["Default"]
         values.update(overrides or {})
+        for name, spec in specs.items():  # list parameters are lists once resolved
+            kind = str(spec.get("Type", "")) if isinstance(spec, Mapping) else ""
+            if isinstance(values.get(name), str) and (
+                kind == "CommaDelimitedList" or kind.startswith("List<")
+            ):
+                values[name] = values[name].split(",")
         return cls(template, values)
 
     def resolve(self, value: Any) -> Any:
@@ -192,10 +204,19 @@ class _Resolver:
             return name
         return {"Ref": name}
 
-    def get_att(self, arg: Any) -> Any:
+    def get_att(self, arg: Any, *, in_sub: bool = False) -> Any:
+        """``X.Arn`` gives a placeholder ARN (of a Lambda function, whatever X is: SAM CLI's
+        rule); other attributes stay unresolved, or read ``$X.Attribute`` inside Fn::Sub."""
         if isinstance(arg, list) and len(arg) == 2:
             logical_id, attribute = (self.resolve(part) for part in arg)
-            return f"${logical_id}.{attribute}"
+            if attribute == "Arn":
+                return (
+                    f"arn:{self.parameters['AWS::Partition']}:lambda:"
+                    f"{self.parameters['AWS::Region']}:{self.parameters['AWS::AccountId']}"
+                    f":function:{logical_id}"
+                )
+            if in_sub:
+                return f"${logical_id}.{attribute}"
         return {"Fn::GetAtt": arg}
 
     def sub(self, arg: Any) -> Any:
@@ -209,12 +230,18 @@ class _Resolver:
             if name in variables:
                 value = variables[name]
             elif "." in name:
-                value = self.get_att(name.split(".", 1))
+                value = self.get_att(name.split(".", 1), in_sub=True)
             else:
                 value = self.ref(name)
             return value if isinstance(value, str) else _stringify(value)
 
         return _SUB_VARIABLE.sub(replace, text)
+
+    def base64(self, arg: Any) -> Any:
+        text = self.resolve(arg)
+        if not isinstance(text, str):
+            return {"Fn::Base64": arg}
+        return base64.b64encode(text.encode()).decode()
 
     def join(self, arg: Any) -> Any:
         delimiter, items = arg
@@ -274,6 +301,7 @@ _INTRINSICS: dict[str, Callable[[_Resolver, Any], Any]] = {
     "Ref": _Resolver.ref,
     "Fn::GetAtt": _Resolver.get_att,
     "Fn::Sub": _Resolver.sub,
+    "Fn::Base64": _Resolver.base64,
     "Fn::Join": _Resolver.join,
     "Fn::Select": _Resolver.select,
     "Fn::Split": _Resolver.split,
