@@ -17,7 +17,8 @@ Lambda execution environments, separate processes, each serving M invocations in
    check, ``cl_active`` against ``sv_active``.
 
 A sampler polls ``pg_stat_activity`` (and ``SHOW POOLS``) every 20 ms for the peak
-number of server connections. Progress goes to stderr, the final table to stdout.
+number of server connections (and of pgBouncer's clients, ``cl_active + cl_waiting``).
+Progress goes to stderr, the final table to stdout.
 
 Example::
 
@@ -220,7 +221,10 @@ class _Sampler(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(SAMPLE_INTERVAL):
             with self._lock:
-                self._sample()
+                try:
+                    self._sample()
+                except psycopg2.Error as exc:  # a missed sample, not a reason to stop
+                    logger.warning("sampling failed: %s", str(exc).strip())
 
     def _sample(self) -> None:
         with self._admin.cursor() as cur:
@@ -231,8 +235,9 @@ class _Sampler(threading.Thread):
         if self._bouncer is None or self._console is None:
             return
         for pool in self._bouncer.show_pools(self._console):
-            if pool.get("user") == self._role and int(pool["cl_active"]) >= self.peak_clients:
-                self.peak_clients = int(pool["cl_active"])
+            clients = int(pool["cl_active"]) + int(pool["cl_waiting"])
+            if pool.get("user") == self._role and clients >= self.peak_clients:
+                self.peak_clients = clients
                 self.peak_pools = pool
 
     def close(self) -> None:
