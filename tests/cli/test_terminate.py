@@ -44,7 +44,7 @@ def test_dry_run_ends_nothing(cli: Cli, app_db: AppDb, sessions: Sessions) -> No
 
 def test_yes_ends_exactly_the_listed_sessions(cli: Cli, app_db: AppDb, sessions: Sessions) -> None:
     old = sessions(3, application_name="old")
-    time.sleep(0.6)
+    time.sleep(1.5)
     young = sessions(2, application_name="young")  # idle, but not long enough
     in_tx = sessions(1, application_name="old-tx")[0]
     with in_tx.cursor() as cur:
@@ -57,7 +57,7 @@ def test_yes_ends_exactly_the_listed_sessions(cli: Cli, app_db: AppDb, sessions:
             "--user",
             app_db.role,
             "--older-than",
-            "500ms",
+            "1s",
             "--yes",
             "--json",
             env=app_db,
@@ -101,13 +101,13 @@ def test_idle_in_transaction_state(cli: Cli, app_db: AppDb, sessions: Sessions) 
 
 def test_a_session_active_again_at_kill_time_is_skipped(app_db: AppDb, sessions: Sessions) -> None:
     busy, idle = sessions(2, application_name="recheck")
-    time.sleep(0.4)
+    time.sleep(1.2)
     conn = app_db.connect()
     conn.autocommit = True
     try:
         criteria: dict[str, Any] = {
             "users": [app_db.role],
-            "older_than": 0.3,
+            "older_than": 1.0,
             "application": "recheck",
         }
         listed = find_idle(conn, **criteria)
