@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from tests.support.ledger import Handler, Outcome, invoke, new_event, write_row
 
-__all__ = ["Environments", "Pattern", "Plan"]
+__all__ = ["Environments", "Pattern", "Plan", "lambda_db_pattern", "naive_pattern"]
 
 Pattern = Literal["lambda-db", "naive"]
 _mp = multiprocessing.get_context("spawn")  # the parent may run threads: never fork it
@@ -196,7 +196,7 @@ def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw:
 
         os.environ.update(plan.env)
         rotate = _serve_secret(plan.secret_file) if plan.secret_file else None
-        handler, counters = _lambda_db_handler() if plan.pattern == "lambda-db" else _naive()
+        handler, counters = lambda_db_pattern() if plan.pattern == "lambda-db" else naive_pattern()
         reports.put(("ready", index))
         go.wait()
         seq = 0
@@ -235,7 +235,8 @@ def _serve_secret(path: str) -> Callable[[], None]:
     return rotate
 
 
-def _lambda_db_handler() -> tuple[Handler, Callable[[], dict[str, int]]]:
+def lambda_db_pattern() -> tuple[Handler, Callable[[], dict[str, int]]]:
+    """The README's handler on the default database; and its counters."""
     import lambda_db
 
     @lambda_db.with_connection
@@ -247,8 +248,8 @@ def _lambda_db_handler() -> tuple[Handler, Callable[[], dict[str, int]]]:
     return handler, lambda: lambda_db.default_database().stats.as_dict()
 
 
-def _naive() -> tuple[Handler, Callable[[], dict[str, int]]]:
-    """The seed article's Fix 4: reconnect only when ``conn.closed`` says so."""
+def naive_pattern() -> tuple[Handler, Callable[[], dict[str, int]]]:
+    """The seed article's Fix 4: reconnect only when ``conn.closed`` says so; its counters."""
     import psycopg2
 
     state: dict[str, Any] = {"conn": None, "connects": 0}

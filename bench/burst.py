@@ -1,0 +1,141 @@
+"""Many environments at once, lambda-db beside the naive pattern, on the same settings.
+
+* **burst**: ``environments`` new environments start together against a role whose
+  ``CONNECTION LIMIT`` is lower; each runs a few invocations holding its transaction for
+  ``work`` seconds, then goes away (its slot frees), as a scaling burst does;
+* **load**: 50 environments x 200 invocations against a server with room for them,
+  steady, and again with every session terminated while the environments are frozen
+  half-way (what a failover or RDS Proxy's idle timeout does).
+
+Server connections are sampled from ``pg_stat_activity``; every invocation writes a row,
+and the ledger checks committed rows against successful invocations.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from typing import Any
+
+from bench.timing import percentile
+from lambda_db.localpg import LocalPostgres
+from tests.conftest import AppDb
+from tests.support.environments import Environments, Pattern, Plan
+from tests.support.ledger import Ledger, Outcome, committed_ids
+from tests.support.sampler import ConnectionSampler
+from tests.support.server import ledger_app_db, terminate_and_wait
+
+__all__ = ["PATTERNS", "burst", "load"]
+
+PATTERNS: tuple[Pattern, ...] = ("lambda-db", "naive")
+
+
+def _summary(
+    envs: Environments, sampler: ConnectionSampler, app_db: AppDb, **extra: Any
+) -> dict[str, Any]:
+    outcomes: list[Outcome] = envs.outcomes
+    ok_ms = [o.elapsed * 1000 for o in outcomes if o.ok]
+    all_ms = [o.elapsed * 1000 for o in outcomes]
+    span = max(o.ended for o in outcomes) - min(o.started for o in outcomes)
+    ledger = Ledger.check(outcomes, committed_ids(app_db))
+    kinds = Counter(f"{o.error}: {_verdict(o.message)}" for o in outcomes if not o.ok)
+    counters: Counter[str] = Counter()
+    for stats in envs.stats.values():
+        counters.update(stats)
+    return {
+        **extra,
+        "invocations": len(outcomes),
+        "failures": len(outcomes) - len(ok_ms),
+        "failure_kinds": dict(kinds.most_common(3)),
+        "peak_server_connections": sampler.peak,
+        "connection_samples": sampler.samples,
+        "p50_ms": statistics.median(ok_ms) if ok_ms else None,
+        "p99_ms": percentile(ok_ms, 0.99) if ok_ms else None,
+        "max_ms": max(ok_ms) if ok_ms else None,
+        "p99_all_ms": percentile(all_ms, 0.99),
+        "wall_s": span,
+        "invocations_per_s": len(outcomes) / span if span else None,
+        "rows_committed": ledger.committed,
+        "ledger_exact": not (ledger.lost or ledger.phantoms or ledger.duplicates)
+        and ledger.committed == ledger.succeeded + ledger.unknown_committed,
+        "connects": counters["connects"],
+        "retries": counters.get("retries"),
+    }
+
+
+def _verdict(message: str) -> str:
+    """The server's words without libpq's 'connection to server at ... failed:' prefix."""
+    return message.rsplit("FATAL:", 1)[-1].strip()[:70]
+
+
+def burst(
+    pg: LocalPostgres,
+    *,
+    environments: int,
+    role_limit: int,
+    invocations: int = 5,
+    work: float = 0.05,
+    timeout_ms: int = 15_000,
+) -> dict[str, Any]:
+    """Both patterns through the same burst; a fresh database and role for each."""
+    result: dict[str, Any] = {}
+    for pattern in PATTERNS:
+        app_db = ledger_app_db(pg, "burst")
+        app_db.query(f'ALTER ROLE "{app_db.role}" CONNECTION LIMIT {role_limit}')
+        plan = Plan(
+            env=dict(app_db),
+            pattern=pattern,
+            invocations=invocations,
+            work=work,
+            timeout_ms=timeout_ms,
+        )
+        with (
+            ConnectionSampler(pg, app_db.role) as sampler,
+            Environments(plan, environments) as envs,
+        ):
+            envs.finish()
+        result[pattern] = _summary(
+            envs,
+            sampler,
+            app_db,
+            environments=environments,
+            role_limit=role_limit,
+            invocations_each=invocations,
+            work_s=work,
+            timeout_ms=timeout_ms,
+        )
+    return result
+
+
+def load(
+    pg: LocalPostgres, *, environments: int, invocations: int, kill_halfway: bool
+) -> dict[str, Any]:
+    """Both patterns through the same load; a fresh database and role for each."""
+    result: dict[str, Any] = {}
+    for pattern in PATTERNS:
+        app_db = ledger_app_db(pg, "load")
+        plan = Plan(
+            env=dict(app_db),
+            pattern=pattern,
+            invocations=invocations,
+            freeze_after=invocations // 2 if kill_halfway else None,
+        )
+        killed = 0
+        with (
+            ConnectionSampler(pg, app_db.role) as sampler,
+            Environments(plan, environments) as envs,
+        ):
+            if kill_halfway:
+                envs.wait_frozen()
+                killed = terminate_and_wait(app_db)
+                envs.thaw()
+            envs.finish()
+        result[pattern] = _summary(
+            envs,
+            sampler,
+            app_db,
+            environments=environments,
+            invocations_each=invocations,
+            sessions_killed=killed,
+        )
+    return result

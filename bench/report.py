@@ -1,0 +1,368 @@
+"""BENCHMARKS.md from the figures ``python -m bench`` collected (the raw JSON goes in too)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bench.peers import PRE_PING_PEERS
+
+__all__ = ["goals", "render"]
+
+GET_CONNECTION = "lambda-db get_connection()"
+
+
+def _n(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 10 else f"{value:,.1f}"
+    return str(value)
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [
+        "| " + " | ".join(_n(c) if not isinstance(c, str) else c for c in r) + " |" for r in rows
+    ]
+    return [*lines, ""]
+
+
+def _get(data: Mapping[str, Any], *path: str) -> Any:
+    node: Any = data
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def goals(r: Mapping[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """(goal, the figure, met?) for every goal of issues 2 and 6; ``None``: not measured."""
+    out: list[tuple[str, str, bool | None]] = []
+    warm = _get(r, "warm_path", "median_us") or {}
+    ours = warm.get(GET_CONNECTION)
+    if ours is not None:
+        out.append(("`get_connection()` median <= 10 µs", f"{ours:.2f} µs", ours <= 10))
+        worst = min((warm[p] / ours, p) for p in PRE_PING_PEERS if p in warm)
+        out.append(
+            (
+                "warm path >= 10x cheaper than any pre-ping peer",
+                f"{worst[0]:.1f}x (the closest peer: {worst[1]})",
+                worst[0] >= 10,
+            )
+        )
+    trip = r.get("no_round_trip")
+    if trip:
+        out.append(
+            (
+                "`get_connection()` makes no round trip",
+                f"{trip.get('calls', 0):,} calls with the backend stopped (SIGSTOP), "
+                f"{trip.get('pings', 'n/a')} pings",
+                bool(trip.get("verified")),
+            )
+        )
+    imp = _get(r, "imports", "lambda_db")
+    if imp:
+        out.append(
+            (
+                "`import lambda_db` <= 60 ms cumulative (-X importtime)",
+                f"{imp['importtime_ms']:.1f} ms",
+                imp["importtime_ms"] <= 60,
+            )
+        )
+        out.append(
+            (
+                "`import lambda_db` imports no boto3/botocore",
+                ", ".join(imp["aws_modules"]) or "none imported",
+                not imp["aws_modules"],
+            )
+        )
+    for env in ("lambda_like", "as_installed"):
+        ratio = _get(r, "credentials", "iam_cold_start", env, "ratio_end_to_end")
+        if ratio is not None:
+            out.append(
+                (
+                    f"cold start to a first IAM token <= 0.6 of boto3's ({env})",
+                    f"{ratio:.2f}",
+                    ratio <= 0.6,
+                )
+            )
+    if "credentials" not in r:
+        out.append(
+            (
+                "cold start to a first IAM token <= 0.6 of boto3's",
+                "not measured: bench/bench_credentials.py absent",
+                None,
+            )
+        )
+    for key, label in (("burst", "burst"), ("load_kill", "load with a kill sweep")):
+        ours_f = _get(r, key, "lambda-db", "failures")
+        naive_f = _get(r, key, "naive", "failures")
+        if ours_f is not None and naive_f is not None:
+            out.append(
+                (
+                    f"zero failures where naive fails ({label})",
+                    f"lambda-db {ours_f}, naive {naive_f}",
+                    ours_f == 0 and naive_f > 0,
+                )
+            )
+    steady = _get(r, "load", "lambda-db")
+    if steady:
+        n = steady["environments"]
+        out.append(
+            (
+                f"load: server connections never above {n}, zero failures",
+                f"peak {steady['peak_server_connections']}, {steady['failures']} failures",
+                steady["peak_server_connections"] <= n and steady["failures"] == 0,
+            )
+        )
+    return out
+
+
+def _pattern_rows(section: Mapping[str, Any]) -> list[list[Any]]:
+    rows = []
+    for pattern in ("lambda-db", "naive"):
+        s = section.get(pattern)
+        if not s:
+            continue
+        rows.append(
+            [
+                pattern,
+                s["invocations"],
+                s["failures"],
+                s["peak_server_connections"],
+                s["p50_ms"],
+                s["p99_ms"],
+                s["max_ms"],
+                s["invocations_per_s"],
+                s["connects"],
+                s["rows_committed"],
+                s["ledger_exact"],
+            ]
+        )
+    return rows
+
+
+_PATTERN_HEADER = [
+    "pattern",
+    "invocations",
+    "failures",
+    "peak server conns",
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "invocations/s",
+    "connects",
+    "rows committed",
+    "rows == successes",
+]
+
+
+def render(r: Mapping[str, Any]) -> str:
+    """The whole of BENCHMARKS.md."""
+    meta = r["meta"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`.venv/bin/python -m bench`); do not edit by hand. Every "
+        "ratio compares figures measured in the same run, on the same server (a local "
+        "PostgreSQL over TCP on 127.0.0.1, started by the run), on the same machine.",
+        "",
+        *_table(
+            ["", ""],
+            [
+                ["date (UTC)", meta["date"]],
+                ["command", f"`{meta['command']}`"],
+                ["duration", f"{meta['duration_s']:.0f} s"],
+                ["machine", meta["machine"]],
+                ["load average at start", meta["loadavg"]],
+                ["Python", meta["python"]],
+                ["PostgreSQL", meta["server"]],
+                ["versions", meta["versions"]],
+            ],
+        ),
+        "## Goals",
+        "",
+        *_table(
+            ["goal", "figure", "met"],
+            [[g, f, "n/a" if ok is None else ("yes" if ok else "**no**")] for g, f, ok in goals(r)],
+        ),
+    ]
+    warm = r.get("warm_path")
+    if warm:
+        med, ratio = warm["median_us"], warm["ratio_to_get_connection"]
+        lines += [
+            "## Warm path",
+            "",
+            "Per call, medians of batches, interleaved rounds "
+            f"({warm['rounds']} rounds; {warm['calls_per_round']['get_connection']:,} "
+            f"`get_connection()` calls and {warm['calls_per_round']['others']:,} of the others "
+            "per round). A checkout is checkout plus checkin, each pool holding one "
+            "connection. The invocation scope is `with db.invocation(context):` with nothing "
+            "inside: the transaction-local guard rails (one `SELECT set_config(...)`) and "
+            "the `COMMIT`.",
+            "",
+            *_table(
+                ["case", "median µs", "p99 of batches µs", "x get_connection()"],
+                [[n, med[n], warm["p99_batch_us"][n], ratio[n]] for n in med],
+            ),
+        ]
+    trip = r.get("no_round_trip")
+    if trip:
+        lines += [
+            f"No round trip: {trip.get('calls', 0):,} `get_connection()` calls completed while "
+            "the connection's server backend was stopped with SIGSTOP "
+            f"(verified: {_n(trip.get('verified'))}; pings {trip.get('pings')}, "
+            f"connects {trip.get('connects')}).",
+            "",
+        ]
+    wd = r.get("watchdog")
+    if wd:
+        lines += [
+            "## Watchdog (client-side deadline) per statement",
+            "",
+            "`SELECT 1` on an open connection, bare and inside the invocation's "
+            "`deadline_guard` (psycopg2 wait callback polling with the deadline).",
+            "",
+            *_table(
+                ["bare µs", "guarded µs", "overhead µs", "overhead %"],
+                [
+                    [
+                        wd["statement_us"],
+                        wd["guarded_statement_us"],
+                        wd["overhead_us"],
+                        wd["overhead_pct"],
+                    ]
+                ],
+            ),
+        ]
+    imports = r.get("imports")
+    if imports:
+        lines += [
+            "## Cold start: imports",
+            "",
+            "Fresh interpreters, interleaved, medians: `-X importtime` cumulative for the "
+            "module, and wall time (`perf_counter` around the import, separate runs).",
+            "",
+            *_table(
+                ["module", "importtime ms", "wall ms", "boto3/botocore imported", "runs"],
+                [
+                    [
+                        m,
+                        v["importtime_ms"],
+                        v["wall_ms"],
+                        ", ".join(v["aws_modules"]) or "no",
+                        v["repeats"],
+                    ]
+                    for m, v in imports.items()
+                ],
+            ),
+        ]
+    cred = r.get("credentials")
+    lines += ["## Cold start: first IAM token, and Secrets Manager calls", ""]
+    if cred:
+        lines += [
+            "From `bench/bench_credentials.py` (the credentials module's benchmark, run by "
+            "`python -m bench`): lambda-db's path to a first token against "
+            '`boto3.client("rds").generate_db_auth_token`. `lambda_like`: as in the Lambda '
+            "runtime; `as_installed`: this virtualenv.",
+            "",
+            *_table(["figure", "value"], _flatten(cred)),
+        ]
+    else:
+        lines += [
+            "Not measured: `bench/bench_credentials.py` is absent or failed "
+            f"({r.get('credentials_error', 'absent')}).",
+            "",
+        ]
+    rec = r.get("recovery")
+    if rec:
+        lines += [
+            "## Recovery",
+            "",
+            "Invocations back to back; the clock starts when the killed backend has exited "
+            "(or when the restarted server accepts connections) and stops at the first "
+            f"success. Medians of {rec['kills']} kills and {rec['restarts']} restarts.",
+            "",
+            *_table(
+                [
+                    "pattern",
+                    "warm invocation ms",
+                    "after a kill ms",
+                    "failures per kill",
+                    "after a restart ms",
+                    "failures per restart",
+                ],
+                [
+                    [
+                        p,
+                        rec[p]["warm_invocation_ms"],
+                        rec[p]["after_kill_ms"],
+                        rec[p]["failures_per_kill"],
+                        rec[p]["after_restart_ms"],
+                        rec[p]["failures_per_restart"],
+                    ]
+                    for p in ("lambda-db", "naive")
+                ],
+            ),
+        ]
+    for key, title in (
+        ("burst", "Burst: new environments beyond the role's connection limit"),
+        ("load", "Load: environments with room on the server, steady"),
+        ("load_kill", "Load: the same, every session terminated while frozen half-way"),
+    ):
+        section = r.get(key)
+        if not section:
+            continue
+        ours = section["lambda-db"]
+        setup = (
+            f"{ours['environments']} environments, role `CONNECTION LIMIT "
+            f"{ours['role_limit']}`, {ours['invocations_each']} invocations each holding "
+            f"its transaction {ours['work_s']} s, function timeout {ours['timeout_ms']} ms; "
+            "an environment leaves (its slot frees) after its last invocation."
+            if key == "burst"
+            else f"{ours['environments']} environments x {ours['invocations_each']} "
+            f"invocations; sessions terminated: {ours.get('sessions_killed', 0)} (lambda-db), "
+            f"{section['naive'].get('sessions_killed', 0)} (naive)."
+        )
+        lines += [f"## {title}", "", setup, "", *_table(_PATTERN_HEADER, _pattern_rows(section))]
+        kinds = section["naive"].get("failure_kinds")
+        if kinds:
+            lines += [
+                "Naive failures, most common: "
+                + "; ".join(f"`{k}` x{v}" for k, v in kinds.items())
+                + ".",
+                "",
+            ]
+    lines += [
+        "## Reproduce",
+        "",
+        "`make bench` (or `.venv/bin/python -m bench`; `--quick` for a smoke run with small "
+        "sizes, `--only SECTION` for one section). The run starts its own PostgreSQL; it "
+        "needs no AWS account (IAM tokens are signed locally with fixed example keys).",
+        "",
+        "<details><summary>Raw figures (JSON)</summary>",
+        "",
+        "```json",
+        json.dumps(r, indent=1, default=str),
+        "```",
+        "",
+        "</details>",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _flatten(data: Any, prefix: str = "") -> list[list[Any]]:
+    if isinstance(data, Mapping):
+        rows = []
+        for key, value in data.items():
+            rows += _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    return [[f"`{prefix}`", data]]
