@@ -99,28 +99,19 @@ def create_item() -> Response[str]:
 @app.get("/items/<item_id>")
 def get_item(item_id: str) -> Response[str]:
     key = _item_id(item_id)
-    with lambda_db.get_connection().cursor() as cur:
-        cur.execute(f"SELECT {COLUMNS} FROM items WHERE id = %s", (key,))
-        row = cur.fetchone()
-    if row is None:
-        raise ClientError(404, f"item {key} does not exist")
-    return _json(200, _item(row))
+    return _one_item(key, f"SELECT {COLUMNS} FROM items WHERE id = %s", (key,))
 
 
 @app.put("/items/<item_id>")
 def update_item(item_id: str) -> Response[str]:
     key = _item_id(item_id)
     name, description, quantity = _item_fields(_read_body())
-    with lambda_db.get_connection().cursor() as cur:
-        cur.execute(
-            "UPDATE items SET name = %s, description = %s, quantity = %s, updated_at = now()"
-            f" WHERE id = %s RETURNING {COLUMNS}",
-            (name, description, quantity, key),
-        )
-        row = cur.fetchone()
-    if row is None:
-        raise ClientError(404, f"item {key} does not exist")
-    return _json(200, _item(row))
+    return _one_item(
+        key,
+        "UPDATE items SET name = %s, description = %s, quantity = %s, updated_at = now()"
+        f" WHERE id = %s RETURNING {COLUMNS}",
+        (name, description, quantity, key),
+    )
 
 
 @app.delete("/items/<item_id>")
@@ -211,6 +202,16 @@ def _proxy_response(
         "body": json.dumps(body, separators=(",", ":")),
         "isBase64Encoded": False,
     }
+
+
+def _one_item(key: int, sql: str, params: tuple[Any, ...]) -> Response[str]:
+    """200 with the row ``sql`` returns for item ``key``; 404 when it returns none."""
+    with lambda_db.get_connection().cursor() as cur:
+        cur.execute(sql, params)
+        row = cur.fetchone()
+    if row is None:
+        raise ClientError(404, f"item {key} does not exist")
+    return _json(200, _item(row))
 
 
 def _item(row: tuple[Any, ...] | None) -> dict[str, Any]:

@@ -39,7 +39,9 @@ What is mirrored from ``sam local invoke -e EVENT --env-vars ENV_JSON``:
   at what the invocation left behind). Libraries stay imported: Powertools' ``cold_start``
   reads false after the first call in a process;
 * the event and the response cross a JSON boundary; an exception becomes Lambda's error
-  payload (``errorMessage``, ``errorType``, ``stackTrace``) instead of propagating.
+  payload (``errorMessage``, ``errorType``, ``stackTrace``) instead of propagating;
+* what the function prints (its logs, Powertools' metrics) goes to standard error, so
+  standard output is left for the response, as ``sam local invoke`` does.
 
 What differs: the handler runs in this interpreter, with this virtualenv's packages (the
 template's layers are not loaded) and this process's other environment variables still
@@ -611,7 +613,11 @@ def invoke(
             timeout=function.timeout,
         )
         try:
-            with _fresh_loggers(), _handler_from(function.code_uri, function.handler) as handler:
+            with (
+                contextlib.redirect_stdout(sys.stderr),
+                _fresh_loggers(),
+                _handler_from(function.code_uri, function.handler) as handler,
+            ):
                 started = time.monotonic()
                 try:
                     response = handler(payload, context)

@@ -284,7 +284,9 @@ def test_connection_report_publishes_every_limit(
     assert report["idle_in_transaction"] == 0
     assert_no_leak(app_db, "connection-report")
 
-    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    printed = capsys.readouterr()
+    assert '"_aws"' not in printed.out  # sam local invoke prints the function's output on stderr
+    emf = [json.loads(line) for line in printed.err.splitlines() if '"_aws"' in line]
     published = {
         (
             doc["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"],
