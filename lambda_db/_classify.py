@@ -69,6 +69,7 @@ _UNAVAILABLE_WORDINGS = (
     "connection reset",
     "timeout expired",
     "timed out",
+    "timed-out",  # RDS Proxy: "Timed-out waiting to acquire database connection"
     "server closed the connection unexpectedly",
     "could not receive data from server",
     "could not send data to server",

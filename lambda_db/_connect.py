@@ -111,19 +111,18 @@ def _default_ca_bundle() -> str:
     return str(certifi.where())
 
 
-def check_transport(
-    settings: Settings, provider: CredentialProvider, kwargs: dict[str, Any]
-) -> None:
+def check_transport(settings: Settings, provider: CredentialProvider, host: str) -> None:
     """Refuse to send a token or a secret's password in clear text to a remote host."""
+    sslmode = settings.effective_sslmode(host)
     if (
         provider.sensitive
         and not settings.allow_insecure_transport
-        and not is_loopback(kwargs["host"])
-        and kwargs["sslmode"] not in ENCRYPTED_SSLMODES
+        and not is_loopback(host)
+        and sslmode not in ENCRYPTED_SSLMODES
     ):
         raise ConfigurationError(
-            f"refusing to send {provider.mode} credentials to {kwargs['host']} with "
-            f"{ENV_SSLMODE}={kwargs['sslmode']}: use require, verify-ca or verify-full "
+            f"refusing to send {provider.mode} credentials to {host} with "
+            f"{ENV_SSLMODE}={sslmode}: use require, verify-ca or verify-full "
             f"(the default), or set {ENV_ALLOW_INSECURE}=true to accept the risk",
             variable=ENV_SSLMODE,
         )
@@ -145,12 +144,14 @@ def connect_with_retry(
     budget = max(0.0, deadline - start)
     attempts = retries = 0
     refresh = refreshed = False
+    if settings.host:  # refuse before minting a token or fetching a secret
+        check_transport(settings, provider, settings.host)
     while True:
         attempts += 1
         credentials = provider.get(refresh=refresh)
         refresh = False
         kwargs = connect_kwargs(settings, credentials, remaining=deadline - clock())
-        check_transport(settings, provider, kwargs)
+        check_transport(settings, provider, kwargs["host"])
         try:
             conn = connect(**kwargs)
         except psycopg2.Error as exc:
@@ -190,8 +191,9 @@ def connect_with_retry(
                     f"could not connect to {where}: {failure.value} on each of {attempts} "
                     f"attempt(s) within the {budget:.2f} s budget (last error: {reason})"
                     + (
-                        ". Free slots: lower reserved concurrency, use RDS Proxy, or run "
-                        "'lambda-db doctor'"
+                        ". To free slots: lower the functions' reserved concurrency, put RDS "
+                        "Proxy in front, or find the holders with 'lambda-db doctor' run as "
+                        "another role (one with pg_monitor)"
                         if failure is Failure.CONNECTION_LIMIT
                         else ""
                     ),

@@ -47,7 +47,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-__all__ = ["LocalPostgres", "find_bindir"]
+__all__ = ["LocalPostgres", "ensure_system_user", "find_bindir", "free_port"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def _quiet_import() -> Iterator[None]:
         yield
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -109,7 +110,7 @@ class LocalPostgres:
         self.tls = tls
         self.settings = dict(settings or {})
         self.host = "127.0.0.1"
-        self.port = _free_port()
+        self.port = free_port()
         self.superuser_password = secrets.token_urlsafe(18)
         self._base = Path(tempfile.mkdtemp(prefix="lambda-db-pg-"))
         self.datadir = self._base / "data"
@@ -245,7 +246,7 @@ class LocalPostgres:
 
     def _initdb(self) -> None:
         if os.geteuid() == 0:
-            self._run_as = _ensure_system_user()
+            self._run_as = ensure_system_user()
             self._grant_bindir()
             os.chown(self._base, self._run_as.pw_uid, self._run_as.pw_gid)
         pwfile = self._base / "pwfile"
@@ -335,7 +336,8 @@ class LocalPostgres:
                     ensure_folder_permissions(self.bindir.parent / sibling, 0o444)
 
 
-def _ensure_system_user() -> pwd.struct_passwd:
+def ensure_system_user() -> pwd.struct_passwd:
+    """The unprivileged account servers run as when we are root (created when missing)."""
     try:
         return pwd.getpwnam(SYSTEM_USER)
     except KeyError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,12 +84,19 @@ class AppDb(dict[str, str]):
         )
         return [(pid, st) for pid, st in rows if state is None or st == state]
 
-    def terminate_all(self) -> int:
-        """``pg_terminate_backend`` every session of this role; returns how many."""
+    def terminate_all(self, *, wait: float = 5.0) -> int:
+        """``pg_terminate_backend`` every session of this role; returns how many.
+
+        Termination is asynchronous: this waits until the backends have exited (so
+        their FATAL has reached the clients' sockets), as a frozen Lambda would have.
+        """
         rows = self.query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
             (self.role,),
         )
+        deadline = time.monotonic() + wait
+        while self.backends() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return len(rows)
 
     def connect(self, **extra: Any) -> Any:
@@ -147,9 +155,6 @@ class FakeLambdaContext:
     """
 
     def __init__(self, timeout_ms: int = 3000, function_name: str = "test-function") -> None:
-        import time
-
-        self._time = time
         self._deadline = time.monotonic() + timeout_ms / 1000.0
         self.function_name = function_name
         self.function_version = "$LATEST"
@@ -162,7 +167,7 @@ class FakeLambdaContext:
         self.log_stream_name = "test"
 
     def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - self._time.monotonic()) * 1000))
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 @pytest.fixture

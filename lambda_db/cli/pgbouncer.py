@@ -32,7 +32,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from lambda_db.localpg import _ensure_system_user, _free_port
+from lambda_db.localpg import ensure_system_user, free_port
 
 __all__ = ["PgBouncer", "find_pgbouncer"]
 
@@ -75,7 +75,7 @@ class PgBouncer:
             raise RuntimeError("pgbouncer is not installed (make system-deps installs it)")
         self.executable = found
         self.host = "127.0.0.1"
-        self.port = _free_port()
+        self.port = free_port()
         self.dbname = dbname
         self.pool_size = pool_size
         self.pool_mode = pool_mode
@@ -106,7 +106,7 @@ class PgBouncer:
     def start(self, timeout: float = 10.0) -> None:
         """Write the configuration, start pgBouncer and wait until it accepts logins."""
         # as root, the unprivileged user LocalPostgres runs the server as
-        run_as = _ensure_system_user() if os.geteuid() == 0 else None
+        run_as = ensure_system_user() if os.geteuid() == 0 else None
         self._dir = Path(tempfile.mkdtemp(prefix="lambda-db-pgbouncer-"))
         ini = self._write_config(self._dir)
         if run_as is not None:
