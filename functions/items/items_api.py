@@ -55,7 +55,7 @@ COLUMNS = "id, name, description, quantity, created_at, updated_at"
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-class ClientError(Exception):
+class RequestError(Exception):
     """A request this API refuses: becomes ``status`` with ``{"message": message}``."""
 
     def __init__(self, status: int, message: str) -> None:
@@ -121,12 +121,12 @@ def delete_item(item_id: str) -> Response[str]:
         cur.execute("DELETE FROM items WHERE id = %s", (key,))
         deleted = cur.rowcount
     if deleted == 0:
-        raise ClientError(404, f"item {key} does not exist")
+        raise RequestError(404, f"item {key} does not exist")
     return Response(status_code=204, headers={})
 
 
-@app.exception_handler(ClientError)  # type: ignore[untyped-decorator]
-def _client_error(exc: ClientError) -> Response[str]:
+@app.exception_handler(RequestError)  # type: ignore[untyped-decorator]
+def _client_error(exc: RequestError) -> Response[str]:
     return _json(exc.status, {"message": exc.message})
 
 
@@ -210,7 +210,7 @@ def _one_item(key: int, sql: str, params: tuple[Any, ...]) -> Response[str]:
         cur.execute(sql, params)
         row = cur.fetchone()
     if row is None:
-        raise ClientError(404, f"item {key} does not exist")
+        raise RequestError(404, f"item {key} does not exist")
     return _json(200, _item(row))
 
 
@@ -234,10 +234,10 @@ def _timestamp(value: datetime.datetime) -> str:
 
 def _item_id(raw: str) -> int:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
-        raise ClientError(400, "an item id is a positive integer")
+        raise RequestError(400, "an item id is a positive integer")
     key = int(raw)
     if not 0 < key <= MAX_ID:
-        raise ClientError(404, f"item {key} does not exist")
+        raise RequestError(404, f"item {key} does not exist")
     return key
 
 
@@ -245,7 +245,7 @@ def _page_size(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_PAGE_SIZE
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
-        raise ClientError(400, f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
+        raise RequestError(400, f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
     return int(raw)
 
 
@@ -259,7 +259,7 @@ def _decode_token(token: str | None) -> int:
     """The id to continue after; 0 for the first page. Anything we did not issue is a 400."""
     if token is None or token == "":
         return 0
-    bad = ClientError(400, "next_token is not a token this API issued")
+    bad = RequestError(400, "next_token is not a token this API issued")
     if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
         raise bad
     try:
@@ -284,21 +284,21 @@ def _read_body() -> dict[str, Any]:
     event = app.current_event
     body = event.body
     if body is None or body == "":
-        raise ClientError(400, "the request needs a JSON object body")
+        raise RequestError(400, "the request needs a JSON object body")
     try:
         data = base64.b64decode(body, validate=True) if event.is_base64_encoded else body.encode()
     except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
-        raise ClientError(400, "the request body is not valid base64") from exc
+        raise RequestError(400, "the request body is not valid base64") from exc
     if len(data) > MAX_BODY_BYTES:
-        raise ClientError(
+        raise RequestError(
             413, f"the request body is {len(data)} bytes; the limit is {MAX_BODY_BYTES}"
         )
     try:
         doc = json.loads(data)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ClientError(400, "the request body is not valid JSON") from exc
+        raise RequestError(400, "the request body is not valid JSON") from exc
     if not isinstance(doc, dict):
-        raise ClientError(400, "the request body must be a JSON object")
+        raise RequestError(400, "the request body must be a JSON object")
     return doc
 
 
@@ -306,26 +306,26 @@ def _item_fields(doc: Mapping[str, Any]) -> tuple[str, str, int]:
     unknown = sorted(key for key in doc if key not in FIELDS)
     if unknown:
         shown = ", ".join(repr(key[:40]) for key in unknown[:5])
-        raise ClientError(400, f"unknown field(s): {shown}; allowed: {', '.join(FIELDS)}")
+        raise RequestError(400, f"unknown field(s): {shown}; allowed: {', '.join(FIELDS)}")
     if "name" not in doc:
-        raise ClientError(400, "name is required")
+        raise RequestError(400, "name is required")
     name = _text(doc["name"], "name", MAX_NAME_LENGTH).strip()
     if not name:
-        raise ClientError(400, "name must not be blank")
+        raise RequestError(400, "name must not be blank")
     description = _text(doc.get("description", ""), "description", MAX_DESCRIPTION_LENGTH)
     quantity = doc.get("quantity", 0)
     if not isinstance(quantity, int) or isinstance(quantity, bool):
-        raise ClientError(400, "quantity must be an integer")
+        raise RequestError(400, "quantity must be an integer")
     if not 0 <= quantity <= MAX_QUANTITY:
-        raise ClientError(400, f"quantity must be from 0 to {MAX_QUANTITY}")
+        raise RequestError(400, f"quantity must be from 0 to {MAX_QUANTITY}")
     return name, description, quantity
 
 
 def _text(value: Any, field: str, max_length: int) -> str:
     if not isinstance(value, str):
-        raise ClientError(400, f"{field} must be a string")
+        raise RequestError(400, f"{field} must be a string")
     if len(value) > max_length:
-        raise ClientError(400, f"{field} is longer than {max_length} characters")
+        raise RequestError(400, f"{field} is longer than {max_length} characters")
     if "\x00" in value:  # PostgreSQL text cannot hold NUL
-        raise ClientError(400, f"{field} must not contain NUL characters")
+        raise RequestError(400, f"{field} must not contain NUL characters")
     return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=600,
         check=False,
         cwd=REPO,
-        env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+        # functions/Makefile runs pip with $(PYTHON): this interpreter, not the runtime's.
+        env={**os.environ, "SAM_CLI_TELEMETRY": "0", "PYTHON": sys.executable},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Build Succeeded" in result.stdout + result.stderr
