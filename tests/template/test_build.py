@@ -38,7 +38,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=600,
         check=False,
         cwd=REPO,
-        # functions/Makefile runs pip with $(PYTHON): this interpreter, not the runtime's.
+        # functions/layer/Makefile runs pip with $(PYTHON): this interpreter, not the runtime's.
         env={**os.environ, "SAM_CLI_TELEMETRY": "0", "PYTHON": sys.executable},
     )
     assert result.returncode == 0, result.stdout + result.stderr
