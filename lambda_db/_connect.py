@@ -26,6 +26,7 @@ import psycopg2.extensions
 from lambda_db._backoff import Backoff
 from lambda_db._classify import Failure, classify_connect_error
 from lambda_db._credentials import CredentialProvider, Credentials
+from lambda_db._watchdog import deadline_guard
 from lambda_db.config import (
     ENCRYPTED_SSLMODES,
     ENV_ALLOW_INSECURE,
@@ -146,14 +147,27 @@ def connect_with_retry(
     refresh = refreshed = False
     if settings.host:  # refuse before minting a token or fetching a secret
         check_transport(settings, provider, settings.host)
+    if budget <= 0:
+        raise DatabaseUnavailableError(
+            f"no time left to connect to {settings.host or 'the database'}: the budget was "
+            f"spent before the first attempt (raise the function's timeout or lower "
+            f"DB_DEADLINE_MARGIN)",
+            attempts=0,
+            budget=budget,
+        )
     while True:
         attempts += 1
         credentials = provider.get(refresh=refresh)
         refresh = False
-        kwargs = connect_kwargs(settings, credentials, remaining=deadline - clock())
+        remaining = deadline - clock()
+        kwargs = connect_kwargs(settings, credentials, remaining=remaining)
         check_transport(settings, provider, kwargs["host"])
+        # libpq counts connect_timeout in whole seconds (at least 2); the guard bounds
+        # the attempt exactly, by the smaller of connect_timeout and the budget left.
+        attempt_deadline = time.monotonic() + max(0.0, min(settings.connect_timeout, remaining))
         try:
-            conn = connect(**kwargs)
+            with deadline_guard(attempt_deadline):
+                conn = connect(**kwargs)
         except psycopg2.Error as exc:
             failure = classify_connect_error(exc)
             where = f"{kwargs['host']}:{kwargs['port']}/{kwargs['dbname']} as {kwargs['user']!r}"

@@ -55,7 +55,7 @@ def _wait(conn: Any) -> None:
         remaining_ms = (deadline - time.monotonic()) * 1000.0
         if remaining_ms <= 0 or not poller.poll(remaining_ms):
             raise ClientDeadlineExceeded(
-                "no answer from the database server before the invocation's deadline "
+                "no answer from the database server before the deadline "
                 "(the network path may be silent); the connection was dropped"
             )
 

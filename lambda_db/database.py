@@ -177,8 +177,10 @@ class Database:
             if self._in_invocation and conn is not None:
                 return conn
             now = self._clock()
+            if deadline is None:
+                deadline = now + self.settings.connect_budget
             if conn is not None:
-                reason = self._check(conn, now)
+                reason = self._check(conn, now, deadline)
                 if reason is None:
                     self.stats.reuses += 1
                     self._last_used = now
@@ -186,12 +188,9 @@ class Database:
                 self._discard(reason)
                 self.stats.health_check_failures += 1
                 self._emit("HealthCheckFailures")
-            return self._open(deadline if deadline is not None else now + self._connect_budget())
+            return self._open(deadline)
 
-    def _connect_budget(self) -> float:
-        return self.settings.connect_budget
-
-    def _check(self, conn: Connection, now: float) -> str | None:
+    def _check(self, conn: Connection, now: float, deadline: float) -> str | None:
         """Why ``conn`` must be replaced, or ``None`` when it is fit to hand out."""
         if conn.closed:
             return "closed"
@@ -211,21 +210,22 @@ class Database:
         if _socket_readable(conn):
             # EOF or an unsolicited message (a FATAL from pg_terminate_backend, a NOTICE):
             # let a ping decide rather than guess.
-            return self._ping(conn, why="socket readable")
+            return self._ping(conn, why="socket readable", budget=deadline - now)
         if now - self._last_used >= settings.idle_ping_after:
-            return self._ping(conn, why="idle")
+            return self._ping(conn, why="idle", budget=deadline - now)
         return None
 
-    def _ping(self, conn: Connection, *, why: str) -> str | None:
-        """``SELECT 1`` in autocommit (no transaction opened); a disconnect means replace."""
+    def _ping(self, conn: Connection, *, why: str, budget: float) -> str | None:
+        """``SELECT 1`` in autocommit (no transaction opened); a disconnect means replace.
+
+        The ping waits at most ``connect_timeout`` and never past the caller's deadline.
+        """
         self.stats.pings += 1
         autocommit = conn.autocommit
+        wait = max(0.0, min(self.settings.connect_timeout, budget))
         try:
             conn.autocommit = True
-            with (
-                deadline_guard(time.monotonic() + self.settings.connect_timeout),
-                conn.cursor() as cur,
-            ):
+            with deadline_guard(time.monotonic() + wait), conn.cursor() as cur:
                 cur.execute("SELECT 1")
         except psycopg2.Error as exc:
             if is_disconnect(exc, conn):
@@ -360,6 +360,8 @@ class Database:
         self.stats.commits += 1
 
     def _end_failed(self, conn: Connection, exc: BaseException) -> None:
+        if isinstance(exc, ConnectionLostError):  # raised by _begin: already handled
+            return
         if is_disconnect(exc, conn):
             raise self._lost(exc, during="the invocation") from exc
         self._rollback(conn)

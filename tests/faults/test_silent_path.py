@@ -25,18 +25,9 @@ TIMEOUT_MS = 3000
 
 #: Cases where lambda-db overruns the invocation's deadline today. The test still checks
 #: everything else, and fails as soon as the overrun is fixed, so the entry gets removed.
-OVERRUNS = {
-    "idle-ping": (
-        "lambda_db/database.py Database._ping bounds the ping by connect_timeout "
-        "(5 s), not by the invocation's deadline; connect_with_retry then still starts "
-        "a 2 s connect attempt with no budget left: about 7 s for a 3 s function"
-    ),
-    "connect-margin-0.5": (
-        "lambda_db/_connect.py connect_kwargs rounds connect_timeout up to whole "
-        "seconds (math.ceil, at least 2), so one silent attempt outlives a budget that "
-        "is not a whole number by up to 1 s: more than a 0.5 s DB_DEADLINE_MARGIN"
-    ),
-}
+# Cases whose in-flight invocation overran its deadline, with the reason; fixed ones are
+# removed (the test fails when a listed case stops overrunning). None are open.
+OVERRUNS: dict[str, str] = {}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from lambda_db import ConfigurationError, ConnectionLimitError, Settings
+from lambda_db import ConfigurationError, ConnectionLimitError, DatabaseUnavailableError, Settings
 from lambda_db._backoff import Backoff
 from lambda_db._connect import connect_kwargs, connect_with_retry
 from lambda_db._credentials import Credentials, PasswordProvider
@@ -68,10 +68,19 @@ def test_success_after_failures_reports_retries(clock: FakeClock) -> None:
     assert (result.attempts, result.retries) == (4, 3)
 
 
-def test_zero_budget_still_makes_one_attempt(clock: FakeClock) -> None:
+def test_an_empty_budget_makes_no_attempt(clock: FakeClock) -> None:
+    connect = Refusing(FULL)
+    with pytest.raises(DatabaseUnavailableError) as info:
+        run(connect, clock, budget=0.0)
+    assert connect.calls == []
+    assert info.value.attempts == 0
+    assert "no time left" in str(info.value)
+
+
+def test_a_small_budget_still_makes_one_attempt(clock: FakeClock) -> None:
     connect = Refusing(FULL)
     with pytest.raises(ConnectionLimitError):
-        run(connect, clock, budget=0.0)
+        run(connect, clock, budget=0.001)
     assert len(connect.calls) == 1
 
 
