@@ -3,6 +3,9 @@
 #   make test   lint, type-check and run the test suite (starts its own server)
 #   make bench  run the benchmarks and rewrite BENCHMARKS.md
 
+# sam (in tests and sam-build) must not try to phone home from an offline machine.
+export SAM_CLI_TELEMETRY := 0
+
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
