@@ -18,6 +18,11 @@ __all__ = ["ledger_db", "private_pg"]
 
 @pytest.fixture(scope="package")
 def private_pg() -> Iterator[LocalPostgres]:
-    """A server of our own, free to be restarted or filled."""
-    with LocalPostgres(settings={"max_connections": "40"}) as server:
+    """A server of our own, free to be restarted or filled.
+
+    ``synchronous_commit`` is on: the suite's server turns it off for speed, and then a
+    crash (``stop -m immediate``) loses commits already acknowledged, which the ledger
+    rightly reports as lost invocations.
+    """
+    with LocalPostgres(settings={"max_connections": "40", "synchronous_commit": "on"}) as server:
         yield server

@@ -23,7 +23,10 @@ OUTAGE = 2.5  # seconds the server is down: longer than the timeout
 
 
 @pytest.mark.slow
-def test_restart_under_eight_environments(private_pg: LocalPostgres) -> None:
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_restart_under_eight_environments(private_pg: LocalPostgres, mode: str) -> None:
+    """``fast``: sessions are terminated cleanly; ``immediate``: as in a crash, with
+    crash recovery at the next start."""
     app_db = ledger_app_db(private_pg)
     plan = Plan(
         env={**app_db, "DB_DEADLINE_MARGIN": "0.5"},
@@ -36,7 +39,7 @@ def test_restart_under_eight_environments(private_pg: LocalPostgres) -> None:
             lambda e: all(e.successes(i) >= 3 for i in everyone), 60, "warm environments"
         )
         down = time.monotonic()
-        private_pg.stop(mode="fast")  # every session is terminated
+        private_pg.stop(mode=mode)  # every session is terminated
         time.sleep(OUTAGE)
         private_pg.start()  # returns once the server accepts connections
         back = time.monotonic()

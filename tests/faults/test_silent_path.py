@@ -19,6 +19,7 @@ from lambda_db import Database, Settings
 from tests.conftest import AppDb, FakeLambdaContext
 from tests.support.ledger import Ledger, committed_ids, handler_for, invoke, new_event
 from tests.support.relay import Relay
+from tests.support.wait import wait_for
 
 #: Lambda's default function timeout.
 TIMEOUT_MS = 3000
@@ -40,10 +41,13 @@ def through(relay: Relay, app_db: AppDb, **changes: Any) -> Settings:
     return app_db.settings.replace(host=relay.host, port=relay.port, **changes)
 
 
-def silence_now(relay: Relay) -> Any:
+def silence_now(relay: Relay, *, then: str | None) -> Any:
+    """Go silent inside the handler, then run ``then`` (``None``: return, so COMMIT meets it)."""
+
     def during(cur: Any) -> None:
         relay.silence()
-        cur.execute("SELECT 1")
+        if then is not None:
+            cur.execute(then)
 
     return during
 
@@ -51,6 +55,7 @@ def silence_now(relay: Relay) -> Any:
 # (case, settings changes, function timeout, warm before the fault?, expected error)
 CASES = [
     ("statement", {}, TIMEOUT_MS, True, "ConnectionLostError"),
+    ("commit", {}, TIMEOUT_MS, True, "ConnectionLostError"),
     ("first-statement", {}, TIMEOUT_MS, True, "ConnectionLostError"),
     ("idle-ping", {"idle_ping_after": 0.0}, TIMEOUT_MS, True, "DatabaseUnavailableError"),
     ("connect", {}, TIMEOUT_MS, False, "DatabaseUnavailableError"),
@@ -75,8 +80,9 @@ def test_silent_path_typed_error_inside_the_deadline_then_recovery(
     outcomes = []
     if warm:
         outcomes.append(invoke(handler_for(db), new_event(0), FakeLambdaContext(timeout_ms)))
-    if case == "statement":
-        handler = handler_for(db, during=silence_now(relay))
+    if case in ("statement", "commit"):
+        then = "SELECT 1" if case == "statement" else None
+        handler = handler_for(db, during=silence_now(relay, then=then))
     else:
         relay.silence()
         handler = handler_for(db)
@@ -87,8 +93,15 @@ def test_silent_path_typed_error_inside_the_deadline_then_recovery(
 
     assert doomed.is_a(expected), doomed
     assert doomed.is_a("DatabaseUnavailableError")
+    assert doomed.commit_unknown == (case == "commit")  # said so when COMMIT was cut
     assert after.ok, after
-    Ledger.check(outcomes, committed_ids(ledger_db)).assert_exact()
+    # The abandoned session ends once the healed relay hands the server what queued.
+    wait_for(lambda: len(ledger_db.backends()) <= 1, "the abandoned session to end")
+    ledger = Ledger.check(outcomes, committed_ids(ledger_db))
+    ledger.assert_exact()
+    # A COMMIT cut by the silent path was still queued in the network; delivered when the
+    # path healed, it committed. "The outcome is unknown" is the honest answer.
+    assert ledger.unknown_committed == (1 if case == "commit" else 0)
     db.close()
     if case in OVERRUNS:
         assert not doomed.inside_deadline, f"fixed: remove {case!r} from OVERRUNS"
