@@ -63,6 +63,24 @@ def _summary(
     }
 
 
+def _run(app_db: AppDb, plan: Plan, *, environments: int, **extra: Any) -> dict[str, Any]:
+    """Run ``plan`` in ``environments`` processes (killing every session half-way when
+    the plan freezes), sampling the server's connections; the summary."""
+    killed = 0
+    with (
+        ConnectionSampler(app_db.pg, app_db.role) as sampler,
+        Environments(plan, environments) as envs,
+    ):
+        if plan.freeze_after is not None:
+            envs.wait_frozen()
+            killed = terminate_and_wait(app_db)
+            envs.thaw()
+        envs.finish()
+    return _summary(
+        envs, sampler, app_db, environments=environments, sessions_killed=killed, **extra
+    )
+
+
 def _verdict(message: str) -> str:
     """The server's words without libpq's 'connection to server at ... failed:' prefix."""
     return message.rsplit("FATAL:", 1)[-1].strip()[:70]
@@ -89,15 +107,9 @@ def burst(
             work=work,
             timeout_ms=timeout_ms,
         )
-        with (
-            ConnectionSampler(pg, app_db.role) as sampler,
-            Environments(plan, environments) as envs,
-        ):
-            envs.finish()
-        result[pattern] = _summary(
-            envs,
-            sampler,
+        result[pattern] = _run(
             app_db,
+            plan,
             environments=environments,
             role_limit=role_limit,
             invocations_each=invocations,
@@ -120,22 +132,7 @@ def load(
             invocations=invocations,
             freeze_after=invocations // 2 if kill_halfway else None,
         )
-        killed = 0
-        with (
-            ConnectionSampler(pg, app_db.role) as sampler,
-            Environments(plan, environments) as envs,
-        ):
-            if kill_halfway:
-                envs.wait_frozen()
-                killed = terminate_and_wait(app_db)
-                envs.thaw()
-            envs.finish()
-        result[pattern] = _summary(
-            envs,
-            sampler,
-            app_db,
-            environments=environments,
-            invocations_each=invocations,
-            sessions_killed=killed,
+        result[pattern] = _run(
+            app_db, plan, environments=environments, invocations_each=invocations
         )
     return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,15 +84,26 @@ def full(request: pytest.FixtureRequest, app_db: AppDb) -> Iterator[Full]:
             conn.close()
 
 
-def test_waits_with_full_jitter_and_gets_in_when_a_slot_frees(full: Full) -> None:
-    waits: list[float] = []
+def recording_sleep(waits: list[float], then: Callable[[], None] | None = None) -> Any:
+    """A real sleep that appends each wait to ``waits``, then calls ``then``."""
 
     def sleep(seconds: float) -> None:
         waits.append(seconds)
         time.sleep(seconds)
-        if len(waits) == 3:
-            full.free_one()  # another client leaves during the third wait
+        if then is not None:
+            then()
 
+    return sleep
+
+
+def test_waits_with_full_jitter_and_gets_in_when_a_slot_frees(full: Full) -> None:
+    waits: list[float] = []
+
+    def during_the_third_wait() -> None:
+        if len(waits) == 3:
+            full.free_one()  # another client leaves
+
+    sleep = recording_sleep(waits, then=during_the_third_wait)
     db = Database(full.app_db.settings, sleep=sleep, backoff=Backoff(rng=random.Random(SEED)))
     outcome = invoke(handler_for(db), new_event(), FakeLambdaContext(timeout_ms=10_000))
 
@@ -106,12 +117,7 @@ def test_waits_with_full_jitter_and_gets_in_when_a_slot_frees(full: Full) -> Non
 
 def test_typed_error_inside_the_deadline_when_no_slot_frees(full: Full) -> None:
     waits: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        time.sleep(seconds)
-
-    db = Database(full.app_db.settings, sleep=sleep)
+    db = Database(full.app_db.settings, sleep=recording_sleep(waits))
     context = FakeLambdaContext(timeout_ms=2000)
     deadline = time.monotonic() + 2.0
     handler = handler_for(db)

@@ -21,7 +21,6 @@ import contextlib
 import select
 import socket
 import threading
-from types import TracebackType
 
 __all__ = ["Relay"]
 
@@ -49,12 +48,7 @@ class Relay:
     def __enter__(self) -> Relay:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property

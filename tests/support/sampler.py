@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import threading
-from types import TracebackType
 
 import psycopg2
 
@@ -41,12 +40,7 @@ class ConnectionSampler:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     def start(self) -> None:
