@@ -21,12 +21,10 @@ Example::
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
 __all__ = ["Backoff"]
 
 
-@dataclass
 class Backoff:
     """Computes jittered waits; the caller owns the clock, the deadline and the sleep."""
 
@@ -35,7 +33,12 @@ class Backoff:
     #: Largest ceiling, seconds.
     CAP = 2.0
 
-    rng: random.Random = field(default_factory=random.Random)
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self.rng = rng or random.Random()  # noqa: S311 (jitter, not cryptography)
+
+    def reseed(self) -> None:
+        """Draw a fresh seed from the OS (after a SnapStart restore, copies must differ)."""
+        self.rng.seed()
 
     def ceiling(self, retry: int) -> float:
         """Upper bound of the wait before retry ``retry`` (0-based)."""

@@ -17,8 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg2
 import psycopg2.extensions
@@ -49,10 +48,11 @@ logger = logging.getLogger(__name__)
 
 #: libpq rounds connect_timeout to whole seconds and treats anything below 2 as 2.
 _LIBPQ_MIN_CONNECT_TIMEOUT = 2
+#: No new attempt starts with less than this left of the budget (seconds).
+MIN_ATTEMPT = 0.05
 
 
-@dataclass(frozen=True)
-class ConnectResult:
+class ConnectResult(NamedTuple):
     """A new connection and what it took to get it."""
 
     connection: psycopg2.extensions.connection
@@ -173,7 +173,7 @@ def connect_with_retry(
             where = f"{kwargs['host']}:{kwargs['port']}/{kwargs['dbname']} as {kwargs['user']!r}"
             reason = _first_line(exc)
             if failure is Failure.AUTHENTICATION:
-                if provider.refreshable and not refreshed:
+                if provider.refreshable and not refreshed and deadline - clock() > 0:
                     refresh = refreshed = True
                     logger.info(
                         "authentication failed for %s; retrying once with refreshed %s "
@@ -193,9 +193,11 @@ def connect_with_retry(
                 ) from exc
             if failure not in (Failure.CONNECTION_LIMIT, Failure.UNAVAILABLE):
                 raise
-            wait = backoff.delay(retries)
+            # A wait that would overshoot is clamped, so the last attempt still starts
+            # inside the budget; give up only when too little is left to try at all.
             now = clock()
-            if now + wait >= deadline:
+            wait = min(backoff.delay(retries), deadline - now - MIN_ATTEMPT)
+            if wait < 0:
                 error = (
                     ConnectionLimitError
                     if failure is Failure.CONNECTION_LIMIT

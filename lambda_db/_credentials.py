@@ -15,7 +15,6 @@ The three modes (``DB_AUTH_MODE``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from lambda_db.config import ENV_PASSWORD, Settings
@@ -23,16 +22,44 @@ from lambda_db.config import ENV_PASSWORD, Settings
 __all__ = ["CredentialProvider", "Credentials", "PasswordProvider", "make_provider"]
 
 
-@dataclass(frozen=True)
 class Credentials:
     """A login. ``host``/``port``/``dbname`` are filled only by a provider that knows them
-    (an RDS secret does); the environment's values win over them."""
+    (an RDS secret does); the environment's values win over them. The password never
+    shows in ``repr()``.
 
-    user: str
-    password: str | None = field(default=None, repr=False)
-    host: str | None = None
-    port: int | None = None
-    dbname: str | None = None
+    >>> Credentials("app", "s3cret")
+    Credentials(user='app', host=None, port=None, dbname=None)
+    """
+
+    __slots__ = ("dbname", "host", "password", "port", "user")
+
+    def __init__(
+        self,
+        user: str,
+        password: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        dbname: str | None = None,
+    ) -> None:
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.dbname = dbname
+
+    def __repr__(self) -> str:
+        return (
+            f"Credentials(user={self.user!r}, host={self.host!r}, port={self.port!r}, "
+            f"dbname={self.dbname!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Credentials):
+            return NotImplemented
+        mine = (self.user, self.password, self.host, self.port, self.dbname)
+        return mine == (other.user, other.password, other.host, other.port, other.dbname)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class CredentialProvider(Protocol):

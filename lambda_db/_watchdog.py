@@ -8,10 +8,15 @@ ours polls the socket with the invocation's deadline and, when it passes, raises
 :class:`ClientDeadlineExceeded`. psycopg2 then marks the connection broken, and the
 invocation fails with a typed error inside its own deadline.
 
-The callback is process-wide, so it is installed only for the duration of a guarded
-block and the previous one restored; it stands aside when another callback (for
-example psycogreen's) is already installed. Threads other than the guarded one keep
-plain blocking waits. Cost: a few microseconds per statement (see BENCHMARKS.md).
+The callback is process-wide, so it is installed only while a guarded block runs (a
+count shared by all threads) and removed after the last one; it stands aside when
+another callback (for example psycogreen's) is already installed. Threads without a
+guard of their own wait without a deadline. lambda-db guards its own statements
+(connect, ping, the invocation's first statement, COMMIT, ROLLBACK); the handler's
+statements only with ``DB_STATEMENT_GUARD=true``, because while the callback is
+installed psycopg2 refuses ``COPY`` and large objects, and one connection cannot run
+statements from several threads at once. Cost: a few microseconds per statement
+(see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -60,19 +65,32 @@ def _wait(conn: Any) -> None:
             )
 
 
+_install_lock = threading.Lock()
+_guards = 0  # guards active in any thread; the callback stays installed while > 0
+
+
 @contextlib.contextmanager
 def deadline_guard(deadline: float | None) -> Iterator[None]:
-    """Bound every libpq wait in this thread by ``deadline`` (a ``time.monotonic()`` value)."""
-    previous = ext.get_wait_callback()
-    if deadline is None or previous not in (None, _wait):
+    """Bound every libpq wait in this thread by ``deadline`` (a ``time.monotonic()`` value).
+
+    Re-entrant and safe across threads: the callback is installed by the first active
+    guard and removed by the last; each thread sees only its own deadline.
+    """
+    global _guards
+    if deadline is None or ext.get_wait_callback() not in (None, _wait):
         yield
         return
     outer = getattr(_local, "deadline", None)
     _local.deadline = deadline if outer is None else min(deadline, outer)
-    ext.set_wait_callback(_wait)
+    with _install_lock:
+        _guards += 1
+        if _guards == 1:
+            ext.set_wait_callback(_wait)
     try:
         yield
     finally:
         _local.deadline = outer
-        if previous is None and outer is None:
-            ext.set_wait_callback(None)
+        with _install_lock:
+            _guards -= 1
+            if _guards == 0 and ext.get_wait_callback() is _wait:
+                ext.set_wait_callback(None)

@@ -16,11 +16,10 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from lambda_db.errors import ConfigurationError
 
@@ -53,6 +52,7 @@ ENV_DEADLINE_MARGIN = "DB_DEADLINE_MARGIN"
 ENV_IDLE_IN_TRANSACTION_TIMEOUT = "DB_IDLE_IN_TRANSACTION_TIMEOUT"
 ENV_SECRET_MAX_AGE = "DB_SECRET_MAX_AGE"  # noqa: S105
 ENV_ALLOW_INSECURE = "DB_ALLOW_INSECURE_TRANSPORT"
+ENV_STATEMENT_GUARD = "DB_STATEMENT_GUARD"
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
 _TRUE = ("1", "true", "yes", "on")
@@ -75,13 +75,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything lambda-db needs to know to open and police one connection.
 
     Build it with :meth:`from_env` (what :func:`lambda_db.get_connection` does) or
-    directly. Unset ``sslmode`` resolves to ``verify-full`` for a remote host and
-    ``prefer`` for a loopback one (see :attr:`effective_sslmode`).
+    directly, with keyword arguments. It is immutable: :meth:`replace` makes a changed,
+    re-validated copy. Unset ``sslmode`` resolves to ``verify-full`` for a remote host
+    and ``prefer`` for a loopback one (see :meth:`effective_sslmode`). The password never
+    appears in ``repr()``.
+
+    A plain class with ``__slots__`` rather than a dataclass: ``dataclasses`` (and the
+    ``inspect`` it imports) would cost about a fifth of ``import lambda_db``.
 
     Example::
 
@@ -89,68 +93,113 @@ class Settings:
         db = lambda_db.Database(settings)
     """
 
-    host: str = ""
-    port: int = 5432
-    dbname: str = ""
-    user: str = ""
-    auth_mode: AuthMode = "password"
-    password: str | None = field(default=None, repr=False)
-    secret_arn: str | None = None
-    sslmode: str | None = None
-    sslrootcert: str | None = None
-    region: str | None = None
-    application_name: str = "lambda-db"
-    #: libpq's connect_timeout for one attempt (whole seconds on the wire, at least 2).
-    connect_timeout: float = 5.0
-    #: Budget for connecting (all retries) outside Lambda, or when no context is given.
-    connect_budget: float = 10.0
-    #: Ping with ``SELECT 1`` only when the connection has been idle this long.
-    idle_ping_after: float = 2 * 60.0
-    #: Replace a connection older than this (``0`` disables recycling).
-    max_age: float = 30 * 60.0
-    #: Time kept free before the Lambda deadline: retries and statement_timeout stop here.
-    deadline_margin: float = 1.0
-    #: ``idle_in_transaction_session_timeout`` set per transaction (``None``: server's).
-    idle_in_transaction_timeout: float | None = None
-    #: How long a Secrets Manager value is cached.
-    secret_max_age: float = 5 * 60.0
-    #: Allow credentials over a non-encrypted link to a non-loopback host.
-    allow_insecure_transport: bool = False
+    __slots__ = (
+        "allow_insecure_transport",
+        "application_name",
+        "auth_mode",
+        "connect_budget",
+        "connect_timeout",
+        "dbname",
+        "deadline_margin",
+        "host",
+        "idle_in_transaction_timeout",
+        "idle_ping_after",
+        "max_age",
+        "password",
+        "port",
+        "region",
+        "secret_arn",
+        "secret_max_age",
+        "sslmode",
+        "sslrootcert",
+        "statement_guard",
+        "user",
+    )
 
-    def __post_init__(self) -> None:
-        if self.auth_mode not in AUTH_MODES:
-            raise ConfigurationError(
-                f"{ENV_AUTH_MODE} must be one of {', '.join(AUTH_MODES)}, got {self.auth_mode!r}",
-                variable=ENV_AUTH_MODE,
-            )
-        if self.sslmode is not None and self.sslmode not in SSLMODES:
-            raise ConfigurationError(
-                f"{ENV_SSLMODE} must be one of {', '.join(SSLMODES)}, got {self.sslmode!r}",
-                variable=ENV_SSLMODE,
-            )
-        if not 0 < self.port < 65536:
-            raise ConfigurationError(
-                f"{ENV_PORT} must be a TCP port (1-65535), got {self.port}", variable=ENV_PORT
-            )
-        for name, env, value in (
-            ("connect_timeout", ENV_CONNECT_TIMEOUT, self.connect_timeout),
-            ("connect_budget", ENV_CONNECT_BUDGET, self.connect_budget),
-        ):
-            if value <= 0:
-                raise ConfigurationError(f"{env} ({name}) must be > 0, got {value}", variable=env)
-        for name, env, value in (
-            ("idle_ping_after", ENV_IDLE_PING_AFTER, self.idle_ping_after),
-            ("max_age", ENV_MAX_AGE, self.max_age),
-            ("deadline_margin", ENV_DEADLINE_MARGIN, self.deadline_margin),
-            ("secret_max_age", ENV_SECRET_MAX_AGE, self.secret_max_age),
-        ):
-            if value < 0:
-                raise ConfigurationError(f"{env} ({name}) must be >= 0, got {value}", variable=env)
+    host: str
+    port: int
+    dbname: str
+    user: str
+    auth_mode: AuthMode
+    password: str | None
+    secret_arn: str | None
+    sslmode: str | None
+    sslrootcert: str | None
+    region: str | None
+    application_name: str
+    #: libpq's connect_timeout for one attempt (lambda-db bounds it exactly).
+    connect_timeout: float
+    #: Budget for connecting (all retries) outside Lambda, or when no context is given.
+    connect_budget: float
+    #: Ping with ``SELECT 1`` only when the connection has been idle this long.
+    idle_ping_after: float
+    #: Replace a connection older than this (``0`` disables recycling).
+    max_age: float
+    #: Time kept free before the Lambda deadline: retries and statement_timeout stop here.
+    deadline_margin: float
+    #: ``idle_in_transaction_session_timeout`` set per transaction (``None``: server's).
+    idle_in_transaction_timeout: float | None
+    #: How long a Secrets Manager value is cached.
+    secret_max_age: float
+    #: Allow credentials over a non-encrypted link to a non-loopback host.
+    allow_insecure_transport: bool
+    #: Bound the handler's own statements client-side too (see the README's caveats).
+    statement_guard: bool
+
+    def __init__(
+        self,
+        *,
+        host: str = "",
+        port: int = 5432,
+        dbname: str = "",
+        user: str = "",
+        auth_mode: AuthMode = "password",
+        password: str | None = None,
+        secret_arn: str | None = None,
+        sslmode: str | None = None,
+        sslrootcert: str | None = None,
+        region: str | None = None,
+        application_name: str = "lambda-db",
+        connect_timeout: float = 5.0,
+        connect_budget: float = 10.0,
+        idle_ping_after: float = 2 * 60.0,
+        max_age: float = 30 * 60.0,
+        deadline_margin: float = 1.0,
+        idle_in_transaction_timeout: float | None = None,
+        secret_max_age: float = 5 * 60.0,
+        allow_insecure_transport: bool = False,
+        statement_guard: bool = False,
+    ) -> None:
+        values = dict(locals())
+        del values["self"]
+        _validate(values)
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Settings is immutable; use settings.replace({name}=...)")
+
+    def _values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._values().items())))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in _REPR_ORDER if name != "password"
+        )
+        return f"Settings({shown})"
 
     # -- reading the environment -------------------------------------------------------
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read the ``DB_*`` variables; keyword ``overrides`` win over the environment.
 
         Only syntax is checked here. Whether the variables a mode needs are present is
@@ -158,7 +207,7 @@ class Settings:
         """
         env = os.environ if environ is None else environ
         function = env.get(ENV_FUNCTION_NAME)
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "host": env.get(ENV_HOST, ""),
             "port": _int(env, ENV_PORT, 5432),
             "dbname": env.get(ENV_NAME, ""),
@@ -179,13 +228,18 @@ class Settings:
             "idle_in_transaction_timeout": _optional_float(env, ENV_IDLE_IN_TRANSACTION_TIMEOUT),
             "secret_max_age": _float(env, ENV_SECRET_MAX_AGE, 5 * 60.0),
             "allow_insecure_transport": _bool(env, ENV_ALLOW_INSECURE),
+            "statement_guard": _bool(env, ENV_STATEMENT_GUARD),
         }
         values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
-    def replace(self, **changes: object) -> Settings:
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (validated again).
+
+        >>> Settings(host="h").replace(port=6432).port
+        6432
+        """
+        return Settings(**{**self._values(), **changes})
 
     # -- checks made at first use --------------------------------------------------
 
@@ -221,6 +275,55 @@ class Settings:
         if self.sslmode:
             return self.sslmode
         return "prefer" if is_loopback(host or self.host) else "verify-full"
+
+
+_REPR_ORDER = (
+    "host", "port", "dbname", "user", "auth_mode", "secret_arn", "sslmode", "sslrootcert",
+    "region", "application_name", "connect_timeout", "connect_budget", "idle_ping_after",
+    "max_age", "deadline_margin", "idle_in_transaction_timeout", "secret_max_age",
+    "allow_insecure_transport", "statement_guard",
+)  # fmt: skip
+
+# (field, variable, smallest allowed, inclusive?)
+_NUMBERS = (
+    ("connect_timeout", ENV_CONNECT_TIMEOUT, 0.0, False),
+    ("connect_budget", ENV_CONNECT_BUDGET, 0.0, False),
+    ("idle_ping_after", ENV_IDLE_PING_AFTER, 0.0, True),
+    ("max_age", ENV_MAX_AGE, 0.0, True),
+    ("deadline_margin", ENV_DEADLINE_MARGIN, 0.0, True),
+    ("secret_max_age", ENV_SECRET_MAX_AGE, 0.0, True),
+    # PostgreSQL takes whole milliseconds and reads 0 as "no timeout".
+    ("idle_in_transaction_timeout", ENV_IDLE_IN_TRANSACTION_TIMEOUT, 0.001, True),
+)
+
+
+def _validate(values: dict[str, Any]) -> None:
+    """Raise :class:`ConfigurationError` naming the variable of the first bad value."""
+    if values["auth_mode"] not in AUTH_MODES:
+        raise ConfigurationError(
+            f"{ENV_AUTH_MODE} must be one of {', '.join(AUTH_MODES)}, got {values['auth_mode']!r}",
+            variable=ENV_AUTH_MODE,
+        )
+    if values["sslmode"] is not None and values["sslmode"] not in SSLMODES:
+        raise ConfigurationError(
+            f"{ENV_SSLMODE} must be one of {', '.join(SSLMODES)}, got {values['sslmode']!r}",
+            variable=ENV_SSLMODE,
+        )
+    if not 0 < values["port"] < 65536:
+        raise ConfigurationError(
+            f"{ENV_PORT} must be a TCP port (1-65535), got {values['port']}", variable=ENV_PORT
+        )
+    for name, env, low, inclusive in _NUMBERS:
+        value = values[name]
+        if value is None and name == "idle_in_transaction_timeout":
+            continue
+        ok = math.isfinite(value) and (value >= low if inclusive else value > low)
+        if not ok:
+            bound = f">= {low:g}" if inclusive else f"> {low:g}"
+            raise ConfigurationError(
+                f"{env} ({name}) must be a finite number of seconds {bound}, got {value}",
+                variable=env,
+            )
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:

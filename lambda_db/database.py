@@ -5,9 +5,9 @@ between them, so the right pool size is one. :class:`Database` holds that connec
 checks it on every :meth:`~Database.get_connection`, cheapest first:
 
 1. ``conn.closed`` (local state);
-2. age past ``max_age`` (recycle; local);
-3. transaction status: a transaction left open by an earlier caller is rolled back,
-   with a WARNING (local, plus the ``ROLLBACK``);
+2. transaction status: a connection busy in another thread is handed out as is; a
+   transaction left open by an earlier caller is rolled back, with a WARNING;
+3. age past ``max_age`` (recycle; local);
 4. the socket: a zero-wait ``poll`` finds a backend the server killed while we were
    frozen (it leaves EOF or an error message to read) with no round trip;
 5. ``SELECT 1`` only when the connection has been idle longer than ``idle_ping_after``.
@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
+import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import psycopg2
 import psycopg2.extensions
 from psycopg2.extensions import (
+    TRANSACTION_STATUS_ACTIVE,
     TRANSACTION_STATUS_IDLE,
     TRANSACTION_STATUS_INERROR,
     TRANSACTION_STATUS_INTRANS,
@@ -49,13 +51,19 @@ from lambda_db._connect import connect_with_retry
 from lambda_db._credentials import CredentialProvider, make_provider
 from lambda_db._watchdog import deadline_guard
 from lambda_db.config import Settings
-from lambda_db.errors import ConnectionLostError, LambdaDbError
+from lambda_db.errors import ConnectionLostError, DatabaseUnavailableError, LambdaDbError
 
 __all__ = ["Database", "LambdaContext", "Stats"]
 
 logger = logging.getLogger(__name__)
 
 Connection = psycopg2.extensions.connection
+
+#: The deadline margin never takes more than this share of the remaining time.
+MAX_MARGIN_SHARE = 0.25
+
+#: ``set_session`` value meaning "the server's default".
+DEFAULT: Final = "default"
 
 
 class LambdaContext(Protocol):
@@ -70,7 +78,6 @@ class MetricsSink(Protocol):
     def add_metric(self, name: str, unit: Any, value: float) -> None: ...
 
 
-@dataclass
 class Stats:
     """Counters: the stable interface for what happened (log text is not).
 
@@ -78,26 +85,50 @@ class Stats:
     one, ``health_check_failures`` connections found dead or too old and replaced,
     ``pings`` idle-threshold round trips, ``retries`` waits between connect attempts,
     ``auth_refreshes`` credential refreshes after an authentication failure,
-    ``leftover_rollbacks`` transactions found open at hand-out, ``commits`` and
-    ``rollbacks`` invocation outcomes, ``connections_lost`` invocations whose
-    connection died under them.
+    ``leftover_rollbacks`` transactions found open at hand-out, ``invocations``,
+    ``commits`` and ``rollbacks`` invocation outcomes, ``connections_lost`` invocations
+    whose connection died under them.
+
+    >>> Stats().as_dict()["connects"]
+    0
     """
 
-    connects: int = 0
-    reuses: int = 0
-    health_check_failures: int = 0
-    pings: int = 0
-    retries: int = 0
-    auth_refreshes: int = 0
-    leftover_rollbacks: int = 0
-    invocations: int = 0
-    commits: int = 0
-    rollbacks: int = 0
-    connections_lost: int = 0
+    __slots__ = (
+        "auth_refreshes",
+        "commits",
+        "connections_lost",
+        "connects",
+        "health_check_failures",
+        "invocations",
+        "leftover_rollbacks",
+        "pings",
+        "retries",
+        "reuses",
+        "rollbacks",
+    )
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    connects: int
+    reuses: int
+    health_check_failures: int
+    pings: int
+    retries: int
+    auth_refreshes: int
+    leftover_rollbacks: int
+    invocations: int
+    commits: int
+    rollbacks: int
+    connections_lost: int
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for logs and metrics)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __repr__(self) -> str:
+        return "Stats(" + ", ".join(f"{k}={v}" for k, v in self.as_dict().items()) + ")"
 
 
 class Database:
@@ -169,8 +200,12 @@ class Database:
         """The healthy connection, opened or replaced as needed.
 
         Inside :meth:`invocation` this returns the invocation's connection as is. Outside,
-        it runs the health checks; ``deadline`` (a ``time.monotonic()`` value) bounds
-        any reconnect, defaulting to ``connect_budget`` seconds from now.
+        it runs the health checks; ``deadline`` (a value of the ``clock``) bounds any
+        ping and reconnect, defaulting to ``connect_budget`` seconds from now.
+
+        Outside an invocation, a call is an invocation boundary: a transaction still open
+        on the connection is rolled back (with a WARNING). Without ``@with_connection``,
+        call it once at the start of the handler and pass the connection down.
         """
         with self._lock:
             conn = self._conn
@@ -194,12 +229,14 @@ class Database:
         """Why ``conn`` must be replaced, or ``None`` when it is fit to hand out."""
         if conn.closed:
             return "closed"
-        settings = self.settings
-        if settings.max_age and now - self._opened_at >= settings.max_age:
-            return f"older than max_age ({settings.max_age:g} s)"
         status = conn.info.transaction_status
+        if status == TRANSACTION_STATUS_ACTIVE:
+            return None  # a statement is running in another thread: it is in use, not dead
         if status in (TRANSACTION_STATUS_INTRANS, TRANSACTION_STATUS_INERROR):
-            logger.warning("rolling back a transaction left open by an earlier caller")
+            logger.warning(
+                "rolling back a transaction left open on the connection: outside "
+                "@with_connection, get_connection() starts a new invocation's work"
+            )
             self.stats.leftover_rollbacks += 1
             try:
                 conn.rollback()
@@ -207,6 +244,9 @@ class Database:
                 return f"rollback of a leftover transaction failed ({_brief(exc)})"
         elif status != TRANSACTION_STATUS_IDLE:
             return "connection in an unknown state"
+        settings = self.settings
+        if settings.max_age and now - self._opened_at >= settings.max_age:
+            return f"older than max_age ({settings.max_age:g} s)"
         if _socket_readable(conn):
             # EOF or an unsolicited message (a FATAL from pg_terminate_backend, a NOTICE):
             # let a ping decide rather than guess.
@@ -218,11 +258,14 @@ class Database:
     def _ping(self, conn: Connection, *, why: str, budget: float) -> str | None:
         """``SELECT 1`` in autocommit (no transaction opened); a disconnect means replace.
 
-        The ping waits at most ``connect_timeout`` and never past the caller's deadline.
+        The ping waits at most ``connect_timeout`` and never past the caller's deadline;
+        with no budget left it is skipped (a healthy connection is not thrown away).
         """
+        wait = min(self.settings.connect_timeout, budget)
+        if wait <= 0:
+            return None
         self.stats.pings += 1
         autocommit = conn.autocommit
-        wait = max(0.0, min(self.settings.connect_timeout, budget))
         try:
             conn.autocommit = True
             with deadline_guard(time.monotonic() + wait), conn.cursor() as cur:
@@ -272,58 +315,101 @@ class Database:
     # -- the invocation scope ---------------------------------------------------------
 
     @contextlib.contextmanager
-    def invocation(self, context: LambdaContext | None = None) -> Iterator[Connection]:
+    def invocation(
+        self,
+        context: LambdaContext | None = None,
+        *,
+        isolation_level: str | int | None = None,
+        readonly: bool | None = None,
+        deferrable: bool | None = None,
+    ) -> Iterator[Connection]:
         """Scope one invocation's transaction on the cached connection.
 
         Commits when the block ends normally, rolls back when it raises (the exception
-        propagates). With a Lambda ``context`` the connect budget and a transaction-local
-        ``statement_timeout`` both end ``deadline_margin`` seconds before the function's
-        own timeout. A connection lost inside the block fails the invocation with
-        :class:`ConnectionLostError`; nothing is replayed.
+        propagates). With a Lambda ``context``, the connect budget and a transaction-local
+        ``statement_timeout`` end ``deadline_margin`` seconds before the function's own
+        timeout (measured after connecting, so retries shorten it). A connection lost
+        inside the block fails the invocation with :class:`ConnectionLostError`; nothing
+        is replayed.
+
+        ``isolation_level`` (``"SERIALIZABLE"``, ``"REPEATABLE READ"``, ...), ``readonly``
+        and ``deferrable`` apply to this transaction only: psycopg2 sends them with its
+        ``BEGIN``, not as a session ``SET`` (which would pin an RDS Proxy connection).
         """
+        remaining = _remaining_seconds(context)
+        lambda_deadline = None if remaining is None else time.monotonic() + remaining
         # The lock covers the checkout, not the handler: threads the handler starts may
         # call get_connection() and must get this invocation's connection, not block.
         with self._lock:
             if self._in_invocation:
                 raise LambdaDbError("Database.invocation() is not re-entrant")
             settings = self.settings
+            # A short function keeps most of its time: the margin is at most a quarter.
+            margin = settings.deadline_margin
+            if remaining is not None:
+                margin = min(margin, remaining * MAX_MARGIN_SHARE)
             now = self._clock()
-            remaining = _remaining_seconds(context)
-            if remaining is None:
-                deadline = now + settings.connect_budget
-                statement_timeout = None
-            else:
-                deadline = now + max(0.0, remaining - settings.deadline_margin)
-                statement_timeout = max(0.001, remaining - settings.deadline_margin)
-            conn = self.get_connection(deadline=deadline)
-            if conn.autocommit:  # the invocation owns a transaction, whatever a caller set
-                conn.autocommit = False
+            connect_deadline = (
+                now + settings.connect_budget
+                if remaining is None
+                else now + max(0.0, remaining - margin)
+            )
+            conn = self.get_connection(deadline=connect_deadline)
             self.stats.invocations += 1
             self._in_invocation = True
-        # Client-side bound for a silent network path: half the margin after the
-        # server-side statement_timeout, still before Lambda's own timeout.
-        guard = (
-            None
-            if remaining is None
-            else time.monotonic() + max(0.0, remaining - settings.deadline_margin / 2)
-        )
         try:
+            statement_timeout, guard = self._deadlines(lambda_deadline, margin)
+            conn.set_session(
+                isolation_level=DEFAULT if isolation_level is None else isolation_level,
+                readonly=DEFAULT if readonly is None else readonly,
+                deferrable=DEFAULT if deferrable is None else deferrable,
+                autocommit=False,  # the invocation owns a transaction, whatever a caller set
+            )
+            if guard is not None:
+                _set_tcp_user_timeout(conn, guard - time.monotonic())
+            # lambda-db's own statements are always bounded client-side; the handler's
+            # only with statement_guard (the wait callback forbids COPY and concurrent
+            # use of one connection from several threads).
             with deadline_guard(guard):
-                try:
-                    self._begin(conn, statement_timeout)
-                    yield conn
-                except BaseException as exc:
-                    self._end_failed(conn, exc)
-                    raise
+                self._begin(conn, statement_timeout)
+            try:
+                if settings.statement_guard:
+                    with deadline_guard(guard):
+                        yield conn
                 else:
-                    self._end_ok(conn)
+                    yield conn
+            except BaseException as exc:
+                with deadline_guard(guard):
+                    self._end_failed(conn, exc)
+                raise
+            with deadline_guard(guard):
+                self._end_ok(conn)
         finally:
             with self._lock:
                 self._in_invocation = False
                 self._last_used = self._clock()
 
+    def _deadlines(
+        self, lambda_deadline: float | None, margin: float
+    ) -> tuple[float | None, float | None]:
+        """``statement_timeout`` (seconds) and the client guard (monotonic), after connecting.
+
+        Both come from what is left *now*: time spent waiting for a slot is gone.
+        """
+        if lambda_deadline is None:
+            return None, None
+        left = lambda_deadline - time.monotonic() - margin
+        if left <= 0:
+            raise DatabaseUnavailableError(
+                f"no time left for the invocation after connecting (less than the "
+                f"{margin:g} s DB_DEADLINE_MARGIN remains before the function's timeout)",
+                attempts=0,
+                budget=0.0,
+            )
+        return left, lambda_deadline - margin / 2
+
     def _begin(self, conn: Connection, statement_timeout: float | None) -> None:
-        """Open the transaction with its guard rails, all transaction-local (no pinning)."""
+        """Open the transaction with its guard rails, all transaction-local."""
         idle_timeout = self.settings.idle_in_transaction_timeout
         if statement_timeout is None and idle_timeout is None:
             return
@@ -331,10 +417,10 @@ class Database:
         params: list[str] = []
         if statement_timeout is not None:
             settings.append("set_config('statement_timeout', %s, true)")
-            params.append(f"{int(statement_timeout * 1000)}ms")
+            params.append(f"{max(1, int(statement_timeout * 1000))}ms")
         if idle_timeout is not None:
             settings.append("set_config('idle_in_transaction_session_timeout', %s, true)")
-            params.append(f"{int(idle_timeout * 1000)}ms")
+            params.append(f"{max(1, int(idle_timeout * 1000))}ms")
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT " + ", ".join(settings), params)
@@ -347,14 +433,17 @@ class Database:
         status = conn.info.transaction_status if not conn.closed else None
         if status == TRANSACTION_STATUS_INERROR:
             # The handler caught a database error and returned: nothing can commit.
-            logger.info("the handler returned with its transaction aborted; rolling back")
+            logger.warning(
+                "the handler returned with its transaction aborted by an earlier error; "
+                "rolled back, nothing was committed"
+            )
             self._rollback(conn)
             return
         try:
             conn.commit()
         except psycopg2.Error as exc:
             if is_disconnect(exc, conn):
-                raise self._lost(exc, during="COMMIT (the outcome is unknown)") from exc
+                raise self._lost(exc, during="COMMIT", outcome_unknown=True) from exc
             self._rollback(conn)
             raise
         self.stats.commits += 1
@@ -374,13 +463,17 @@ class Database:
             # A connection we cannot roll back must not be handed out again.
             self._discard(f"rollback failed ({_brief(exc)})")
 
-    def _lost(self, exc: BaseException, *, during: str) -> ConnectionLostError:
+    def _lost(
+        self, exc: BaseException, *, during: str, outcome_unknown: bool = False
+    ) -> ConnectionLostError:
         self.stats.connections_lost += 1
         self._emit("ConnectionsLost")
         self._discard(f"lost during {during}")
+        outcome = " (the outcome is unknown)" if outcome_unknown else ""
         return ConnectionLostError(
-            f"the database connection was lost during {during} ({_brief(exc)}); "
-            "nothing was replayed and the next invocation gets a fresh connection"
+            f"the database connection was lost during {during}{outcome}: {_brief(exc)}; "
+            "nothing was replayed and the next invocation gets a fresh connection",
+            outcome_unknown=outcome_unknown,
         )
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -414,10 +507,11 @@ def _before_snapshot() -> None:
 
 
 def _after_restore() -> None:
-    """SnapStart: restored copies must not share tokens or a cached secret's age."""
+    """SnapStart: restored copies must share no token, cached secret or random state."""
     for db in list(_INSTANCES):
         db.close()
         db.invalidate_credentials()
+        db._backoff.reseed()  # identical jitter in every copy would retry in lockstep
 
 
 def _remaining_seconds(context: LambdaContext | None) -> float | None:
@@ -436,6 +530,28 @@ def _socket_readable(conn: Connection) -> bool:
     poller = select.poll()
     poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
     return bool(poller.poll(0))
+
+
+_TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", None)
+
+
+def _set_tcp_user_timeout(conn: Connection, seconds: float) -> None:
+    """Let the kernel fail the socket when sent data goes unacknowledged past the deadline.
+
+    A black-holed network (a dropped NAT flow, a vanished peer) acknowledges nothing, so
+    this bounds even the handler's own statements without any wait callback. A local
+    ``setsockopt`` on a duplicate of libpq's socket: no round trip. Linux only; a no-op
+    elsewhere and on Unix-domain sockets.
+    """
+    if _TCP_USER_TIMEOUT is None:
+        return
+    with contextlib.suppress(OSError, psycopg2.Error, ValueError):
+        dup = socket.socket(fileno=os.dup(conn.fileno()))  # family detected from the fd
+        try:
+            if dup.family in (socket.AF_INET, socket.AF_INET6):
+                dup.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, max(1, int(seconds * 1000)))
+        finally:
+            dup.close()
 
 
 def _brief(exc: BaseException) -> str:

@@ -76,5 +76,11 @@ class ConnectionLostError(DatabaseUnavailableError):
 
     The invocation fails: lambda-db never replays a statement. The next
     invocation gets a fresh connection. When the loss happened during
-    ``COMMIT`` the outcome of the transaction is unknown, and the message says so.
+    ``COMMIT`` the outcome of the transaction is unknown: ``outcome_unknown`` is
+    True and the message says so (an API should not invite a blind retry of a
+    non-idempotent request then).
     """
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False, attempts: int = 0) -> None:
+        super().__init__(message, attempts=attempts)
+        self.outcome_unknown = outcome_unknown

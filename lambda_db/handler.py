@@ -74,13 +74,23 @@ def with_connection(handler: Handler, /) -> Handler: ...
 
 @overload
 def with_connection(
-    *, database: Database | None = None, inject: None = None
+    *,
+    database: Database | None = None,
+    inject: None = None,
+    isolation_level: str | int | None = None,
+    readonly: bool | None = None,
+    deferrable: bool | None = None,
 ) -> Callable[[Handler], Handler]: ...
 
 
 @overload
 def with_connection(
-    *, database: Database | None = None, inject: str
+    *,
+    database: Database | None = None,
+    inject: str,
+    isolation_level: str | int | None = None,
+    readonly: bool | None = None,
+    deferrable: bool | None = None,
 ) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
 
 
@@ -90,12 +100,18 @@ def with_connection(
     *,
     database: Database | None = None,
     inject: str | None = None,
+    isolation_level: str | int | None = None,
+    readonly: bool | None = None,
+    deferrable: bool | None = None,
 ) -> Any:
     """Scope each invocation's transaction: commit on return, roll back on raise.
 
     * ``database``: use this :class:`Database` instead of the default one (then call
       ``database.get_connection()``, or use ``inject``, inside the handler);
-    * ``inject``: pass the connection to the handler as this keyword argument.
+    * ``inject``: pass the connection to the handler as this keyword argument;
+    * ``isolation_level`` (``"SERIALIZABLE"``, ``"REPEATABLE READ"``, ...), ``readonly``,
+      ``deferrable``: for each invocation's transaction (sent with ``BEGIN``; no session
+      ``SET``, so no RDS Proxy pinning).
 
     The connect budget and the transaction-local ``statement_timeout`` come from
     ``context.get_remaining_time_in_millis()`` minus ``DB_DEADLINE_MARGIN``.
@@ -112,7 +128,12 @@ def with_connection(
         @functools.wraps(func)
         def wrapper(event: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
             db = database if database is not None else default_database()
-            with db.invocation(context) as conn:
+            with db.invocation(
+                context,
+                isolation_level=isolation_level,
+                readonly=readonly,
+                deferrable=deferrable,
+            ) as conn:
                 if inject is not None:
                     kwargs[inject] = conn
                 return func(event, context, *args, **kwargs)

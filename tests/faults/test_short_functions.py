@@ -8,22 +8,11 @@ refuses to connect at all: every invocation of such a function fails, in 0.2 ms,
 
 from __future__ import annotations
 
-import pytest
-
 from lambda_db import Database
 from tests.conftest import AppDb, FakeLambdaContext
 from tests.support.ledger import Ledger, committed_ids, handler_for, invoke, new_event
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "lambda_db/_connect.py connect_with_retry raises 'no time left to connect' when "
-        "the budget (remaining - DB_DEADLINE_MARGIN) is <= 0, and database.py invocation() "
-        "derives that budget with the full 1 s margin: a 1 s function never connects with "
-        "the default settings (a margin proportional to short timeouts would fix it)"
-    ),
-)
 def test_a_one_second_function_can_use_the_database_with_default_settings(
     ledger_db: AppDb,
 ) -> None:

@@ -54,7 +54,7 @@ def silence_now(relay: Relay, *, then: str | None) -> Any:
 
 # (case, settings changes, function timeout, warm before the fault?, expected error)
 CASES = [
-    ("statement", {}, TIMEOUT_MS, True, "ConnectionLostError"),
+    ("statement", {"statement_guard": True}, TIMEOUT_MS, True, "ConnectionLostError"),
     ("commit", {}, TIMEOUT_MS, True, "ConnectionLostError"),
     ("first-statement", {}, TIMEOUT_MS, True, "ConnectionLostError"),
     ("idle-ping", {"idle_ping_after": 0.0}, TIMEOUT_MS, True, "DatabaseUnavailableError"),

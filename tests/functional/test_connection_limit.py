@@ -90,7 +90,8 @@ def test_budget_comes_from_the_lambda_context(full_role: tuple[AppDb, Any]) -> N
         pass
     assert time.monotonic() - started < 1.5  # never outlives the invocation
     assert info.value.budget is not None
-    assert info.value.budget <= 1.0
+    # 1.5 s function: the margin is min(0.5 s, a quarter of 1.5 s) = 0.375 s
+    assert info.value.budget <= 1.5 - 0.375 + 0.01
     blocker.close()
 
 

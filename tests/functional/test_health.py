@@ -184,3 +184,14 @@ def test_metrics_sink_receives_lifecycle_counters(app_db: AppDb) -> None:
     assert names == ["Connects", "HealthCheckFailures", "Connects"]
     assert all(unit == "Count" for _, unit, _ in sink.metrics)
     db.close()
+
+
+def test_no_budget_left_skips_the_ping_and_keeps_the_connection(
+    app_db: AppDb, clock: FakeClock
+) -> None:
+    db = make_db(app_db, clock, idle_ping_after=60.0)
+    conn = db.get_connection()
+    clock.advance(120.0)
+    assert db.get_connection(deadline=clock()) is conn  # no time to ping: not thrown away
+    assert (db.stats.pings, db.stats.health_check_failures) == (0, 0)
+    db.close()

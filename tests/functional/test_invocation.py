@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -333,3 +335,88 @@ def test_autocommit_left_on_by_a_caller_does_not_escape_the_transaction(env_db: 
     with pytest.raises(RuntimeError):
         handler({}, FakeLambdaContext())
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+
+
+# -- the guard rails leave ordinary psycopg2 use alone -------------------------------------
+
+
+def test_threads_can_run_statements_on_the_invocations_connection(env_db: AppDb) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    @with_connection
+    def handler(event: object, context: object) -> list[int]:
+        def query(n: int) -> int:
+            with lambda_db.get_connection().cursor() as cur:
+                cur.execute("SELECT %s::int", (n,))
+                row = cur.fetchone()
+                assert row is not None
+                return int(row[0])
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(query, range(16)))
+
+    assert handler({}, FakeLambdaContext(timeout_ms=5000)) == list(range(16))
+
+
+def test_copy_works_inside_a_real_invocation(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: object, context: object) -> None:
+        with lambda_db.get_connection().cursor() as cur:
+            cur.copy_expert("COPY items (id, n) FROM STDIN", io.StringIO("a\t1\nb\t2\n"))
+
+    handler({}, FakeLambdaContext(timeout_ms=5000))
+    assert env_db.query("SELECT id, n FROM items ORDER BY id") == [("a", 1), ("b", 2)]
+
+
+def test_isolation_level_and_readonly_apply_to_that_transaction_only(env_db: AppDb) -> None:
+    def show(conn: Any) -> tuple[str, str]:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('transaction_isolation'),"
+                        " current_setting('transaction_read_only')")  # fmt: skip
+            row = cur.fetchone()
+            assert row is not None
+            return str(row[0]), str(row[1])
+
+    @with_connection(inject="conn", isolation_level="SERIALIZABLE", readonly=True)
+    def strict(event: object, context: object, conn: Any) -> tuple[str, str]:
+        return show(conn)
+
+    @with_connection(inject="conn")
+    def plain(event: object, context: object, conn: Any) -> tuple[str, str]:
+        return show(conn)
+
+    assert strict({}, FakeLambdaContext()) == ("serializable", "on")
+    assert plain({}, FakeLambdaContext()) == ("read committed", "off")
+    assert lambda_db.default_database().stats.connects == 1
+
+
+def test_tcp_user_timeout_follows_the_invocations_deadline(env_db: AppDb) -> None:
+    import socket
+
+    @with_connection(inject="conn")
+    def handler(event: object, context: object, conn: Any) -> int:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        try:
+            return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+        finally:
+            sock.close()
+
+    timeout_ms = handler({}, FakeLambdaContext(timeout_ms=4000))
+    assert 2500 < timeout_ms <= 3500  # 4 s less half the 1 s margin
+
+
+def test_statement_timeout_counts_from_after_the_wait_for_a_slot(env_db: AppDb) -> None:
+    env_db.query(f"ALTER ROLE {env_db.role} CONNECTION LIMIT 1")
+    blocker = env_db.connect()
+    threading.Timer(1.5, blocker.close).start()
+
+    @with_connection(inject="conn")
+    def handler(event: object, context: object, conn: Any) -> int:
+        with conn.cursor() as cur:
+            cur.execute("SHOW statement_timeout")
+            row = cur.fetchone()
+            assert row is not None
+            return int(str(row[0]).removesuffix("ms"))
+
+    # 6 s function, 1 s margin: 5 s if counted before connecting; at most 3.5 s after.
+    assert handler({}, FakeLambdaContext(timeout_ms=6000)) <= 3500

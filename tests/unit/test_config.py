@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from lambda_db import ConfigurationError, Settings
@@ -23,6 +21,7 @@ def test_defaults_are_pinned() -> None:
     assert s.idle_in_transaction_timeout is None
     assert s.secret_max_age == 300.0
     assert s.allow_insecure_transport is False
+    assert s.statement_guard is False
     assert s.effective_sslmode() == "verify-full"
 
 
@@ -45,6 +44,7 @@ def test_every_variable_is_read() -> None:
         "DB_IDLE_IN_TRANSACTION_TIMEOUT": "30",
         "DB_SECRET_MAX_AGE": "60",
         "DB_ALLOW_INSECURE_TRANSPORT": "true",
+        "DB_STATEMENT_GUARD": "on",
     }
     s = Settings.from_env(env)
     assert s.port == 6432
@@ -115,7 +115,31 @@ def test_secret_mode_needs_only_the_arn() -> None:
 def test_password_never_in_repr() -> None:
     s = Settings.from_env(BASE)
     assert "s3cr3t!" not in repr(s)
-    assert "s3cr3t!" not in str(dataclasses.asdict(s).keys())
+
+
+def test_settings_are_immutable_values() -> None:
+    s = Settings.from_env(BASE)
+    with pytest.raises(AttributeError, match="immutable"):
+        s.port = 1
+    assert s == Settings.from_env(BASE)
+    assert hash(s) == hash(Settings.from_env(BASE))
+    assert s != s.replace(port=6543)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DB_IDLE_IN_TRANSACTION_TIMEOUT", "-5"),
+        ("DB_IDLE_IN_TRANSACTION_TIMEOUT", "0.0001"),  # would round to 0 ms: "no timeout"
+        ("DB_CONNECT_BUDGET", "nan"),
+        ("DB_IDLE_PING_AFTER", "inf"),
+        ("DB_DEADLINE_MARGIN", "-1"),
+    ],
+)
+def test_non_finite_or_out_of_range_seconds_are_refused(variable: str, value: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({**BASE, variable: value})
+    assert info.value.variable == variable
 
 
 def test_replace_revalidates() -> None:
