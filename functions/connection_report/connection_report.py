@@ -60,7 +60,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
                 "utilization_percent": percent,
             }
         )
-    idle_in_transaction = report.count(state="idle in transaction")
+    # Both hold a slot (and locks) until the client ends the transaction.
+    idle_in_transaction = report.count(state="idle in transaction") + report.count(
+        state="idle in transaction (aborted)"
+    )
     metrics.add_metric(name="MaxConnectionUtilization", unit=MetricUnit.Percent, value=highest)
     metrics.add_metric(
         name="IdleInTransactionSessions", unit=MetricUnit.Count, value=idle_in_transaction

@@ -9,8 +9,10 @@ Routes (Powertools ``APIGatewayRestResolver``)::
     DELETE /items/{id}                  delete (204)
 
 Every response body is JSON. Client mistakes are 4xx ``{"message": ...}``; a database
-that is full, unreachable or lost mid-request is ``503`` with ``Retry-After``; anything
-else is a ``500`` whose body says nothing about the cause (the log has the traceback).
+that is full, unreachable or lost mid-request is ``503`` with ``Retry-After``, except a
+``POST`` whose COMMIT was cut (its outcome is unknown: ``500``, no ``Retry-After``, so a
+client checks before it retries); anything else is a ``500`` whose body says nothing
+about the cause (the log has the traceback).
 The transaction commits when the handler returns and rolls back when it raises
 (``@with_connection``), so no request leaves its connection ``idle in transaction``.
 """
@@ -31,7 +33,12 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 import lambda_db
-from lambda_db import ConnectionLimitError, DatabaseUnavailableError, with_connection
+from lambda_db import (
+    ConnectionLimitError,
+    ConnectionLostError,
+    DatabaseUnavailableError,
+    with_connection,
+)
 
 logger = Logger()
 app = APIGatewayRestResolver()
@@ -49,6 +56,8 @@ TOKEN_VERSION = 1
 #: seconds; a lost connection is replaced on the next request.
 RETRY_AFTER_LIMIT = 5
 RETRY_AFTER_UNAVAILABLE = 1
+#: Methods a client may repeat safely when a COMMIT's outcome is unknown.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 FIELDS = ("name", "description", "quantity")
 COLUMNS = "id, name, description, quantity, created_at, updated_at"
@@ -143,31 +152,44 @@ def _http_errors(handler: Callable[[Any, Any], dict[str, Any]]) -> Callable[...,
     """Turn what escapes the transaction into an HTTP answer (after the rollback).
 
     ``DatabaseUnavailableError`` (and its ``ConnectionLimitError``/``ConnectionLostError``)
-    means "retry later": 503 with ``Retry-After``. Anything else is a 500 that names
-    nothing; the traceback goes to the log only.
+    means "retry later": 503 with ``Retry-After``, except a lost COMMIT of a
+    non-idempotent request (500: its outcome is unknown). Anything else is a 500 that
+    names nothing; the traceback goes to the log only.
     """
 
     @functools.wraps(handler)
     def wrapper(event: Any, context: Any) -> dict[str, Any]:
         try:
             return handler(event, context)
-        except DatabaseUnavailableError as exc:
-            logger.warning("database unavailable: %s", exc, extra={"error": type(exc).__name__})
-            retry_after = (
-                RETRY_AFTER_LIMIT
-                if isinstance(exc, ConnectionLimitError)
-                else RETRY_AFTER_UNAVAILABLE
-            )
+        except ConnectionLostError as exc:
+            method = event.get("httpMethod") if isinstance(event, dict) else None
+            if not exc.outcome_unknown or method in IDEMPOTENT_METHODS:
+                return _unavailable(exc)
+            # The COMMIT of a create may have happened: a blind retry could duplicate it.
+            logger.exception("connection lost during COMMIT")
             return _proxy_response(
-                503,
-                {"message": "the database is busy or unreachable; retry later"},
-                {"Retry-After": str(retry_after)},
+                500, {"message": "the outcome of this request is unknown; check before retrying"}
             )
+        except DatabaseUnavailableError as exc:
+            return _unavailable(exc)
         except Exception:
             logger.exception("unhandled error")
             return _proxy_response(500, {"message": "internal error"})
 
     return wrapper
+
+
+def _unavailable(exc: DatabaseUnavailableError) -> dict[str, Any]:
+    """503 with ``Retry-After``: the database is full or unreachable; nothing was written."""
+    logger.warning("database unavailable: %s", exc, extra={"error": type(exc).__name__})
+    retry_after = (
+        RETRY_AFTER_LIMIT if isinstance(exc, ConnectionLimitError) else RETRY_AFTER_UNAVAILABLE
+    )
+    return _proxy_response(
+        503,
+        {"message": "the database is busy or unreachable; retry later"},
+        {"Retry-After": str(retry_after)},
+    )
 
 
 @logger.inject_lambda_context(
@@ -244,7 +266,11 @@ def _item_id(raw: str) -> int:
 def _page_size(raw: str | None) -> int:
     if raw is None or raw == "":
         return DEFAULT_PAGE_SIZE
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+    if (
+        not (raw.isascii() and raw.isdigit())
+        or len(raw) > len(str(MAX_PAGE_SIZE))  # int() of a huge string is a ValueError
+        or not 1 <= int(raw) <= MAX_PAGE_SIZE
+    ):
         raise RequestError(400, f"limit must be an integer from 1 to {MAX_PAGE_SIZE}")
     return int(raw)
 
@@ -295,7 +321,7 @@ def _read_body() -> dict[str, Any]:
         )
     try:
         doc = json.loads(data)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, deep nesting
         raise RequestError(400, "the request body is not valid JSON") from exc
     if not isinstance(doc, dict):
         raise RequestError(400, "the request body must be a JSON object")
@@ -328,4 +354,8 @@ def _text(value: Any, field: str, max_length: int) -> str:
         raise RequestError(400, f"{field} is longer than {max_length} characters")
     if "\x00" in value:  # PostgreSQL text cannot hold NUL
         raise RequestError(400, f"{field} must not contain NUL characters")
+    try:
+        value.encode("utf-8")  # lone surrogates ("\ud800") parse as JSON but cannot be stored
+    except UnicodeEncodeError as exc:
+        raise RequestError(400, f"{field} is not valid Unicode text") from exc
     return value

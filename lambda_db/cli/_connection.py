@@ -63,8 +63,15 @@ def connect(args: argparse.Namespace, command: str) -> psycopg2.extensions.conne
         else:
             settings = Settings.from_env().replace(application_name=application_name)
             conn = Database(settings).get_connection()
+    except psycopg2.ProgrammingError as exc:
+        # A DSN that libpq cannot parse: its message quotes the DSN's text, which may
+        # hold the password, so it is not shown.
+        raise CommandError(
+            "cannot connect: --dsn is not a valid libpq connection string or URI "
+            "(the text is not shown, as it may hold a password)"
+        ) from exc
     except psycopg2.Error as exc:
-        # libpq's messages name host and port, never the password.
+        # A refused or failed connection: libpq names host and port, never the password.
         raise CommandError(f"cannot connect: {_one_line(exc)}") from exc
     except ConnectionLimitError as exc:
         raise CommandError(

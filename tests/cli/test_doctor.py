@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.cli.conftest import Cli, Sessions
 from tests.conftest import AppDb
 
@@ -94,3 +96,17 @@ def test_a_full_role_is_told_to_use_another(cli: Cli, app_db: AppDb, sessions: S
     assert result.status == 2
     assert "too many connections" in result.stderr
     assert "run it as another role" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app:S3cr%ZZet@127.0.0.1:5432/app",  # a bad percent-escape in the password
+        "host=127.0.0.1 password=S3cr et dbname=app",  # libpq: missing "=" after "et"
+    ],
+)
+def test_an_unparsable_dsn_is_not_quoted_back(cli: Cli, dsn: str) -> None:
+    result = cli("doctor", "--dsn", dsn)
+    assert result.status == 2
+    assert "S3cr" not in result.stdout + result.stderr
+    assert "not a valid libpq connection string" in result.stderr

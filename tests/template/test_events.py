@@ -303,3 +303,29 @@ def test_connection_report_publishes_every_limit(
     assert summary[0]["MaxConnectionUtilization"] == [report["max_utilization_percent"]]
     assert summary[0]["service"] == "local"  # POWERTOOLS_SERVICE_NAME: !Ref AWS::StackName
     assert summary[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "LambdaDb"
+
+
+@pytest.mark.parametrize(
+    ("body_text", "status", "words"),
+    [
+        ('{"name": "\\ud800"}', 400, ("name", "Unicode")),  # a lone surrogate
+        ("[" * 5000 + "]" * 5000, 400, ("not valid JSON",)),  # nesting past the recursion limit
+    ],
+)
+def test_hostile_bodies_are_400_not_500(
+    body_text: str, status: int, words: tuple[str, ...], seeded: None, run: Run, app_db: AppDb
+) -> None:
+    event = load_event("items-create.json")
+    event["body"] = body_text
+    response = run("items-create.json", event=event, close_connections=False)
+    client_error(status, *words)(response)
+    assert item_count(app_db) == 3
+    assert_no_leak(app_db)
+
+
+def test_a_limit_with_thousands_of_digits_is_400(seeded: None, run: Run, app_db: AppDb) -> None:
+    event = load_event("items-list.json")
+    event["queryStringParameters"] = {"limit": "9" * 5000}
+    response = run("items-list.json", event=event, close_connections=False)
+    client_error(400, "limit")(response)
+    assert_no_leak(app_db)
