@@ -43,8 +43,6 @@ __all__ = [
 TABLE = "invocations"
 DDL = f"CREATE TABLE {TABLE} (id text PRIMARY KEY, env int NOT NULL, seq int NOT NULL)"
 INSERT = f"INSERT INTO {TABLE} (id, env, seq) VALUES (%s, %s, %s)"
-#: What ConnectionLostError says when the COMMIT itself was cut (lambda_db.database._end_ok).
-COMMIT_UNKNOWN = "COMMIT (the outcome is unknown)"
 
 
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -97,6 +95,8 @@ class Outcome:
     #: The exception's class and its bases (names, so they cross process boundaries).
     family: tuple[str, ...] = ()
     message: str = ""
+    #: ``ConnectionLostError.outcome_unknown``: the COMMIT itself was cut (the row may exist).
+    commit_unknown: bool = False
 
     @property
     def ok(self) -> bool:
@@ -118,11 +118,6 @@ class Outcome:
         """True when the invocation ended before Lambda would have killed it."""
         return self.ended < self.deadline
 
-    @property
-    def commit_unknown(self) -> bool:
-        """True when the connection was lost during COMMIT (the row may exist)."""
-        return COMMIT_UNKNOWN in self.message
-
     def is_a(self, name: str) -> bool:
         """True when the exception is ``name`` or a subclass of it."""
         return name in self.family
@@ -138,11 +133,13 @@ def invoke(
     started = time.monotonic()
     family: tuple[str, ...] = ()
     message = ""
+    unknown = False
     try:
         handler(event, context)
     except Exception as exc:
         family = tuple(cls.__name__ for cls in type(exc).__mro__)
         message = " ".join(str(exc).split())
+        unknown = bool(getattr(exc, "outcome_unknown", False))
     return Outcome(
         id=str(event["id"]),
         env=int(event.get("env", 0)),
@@ -152,6 +149,7 @@ def invoke(
         deadline=started + timeout,
         family=family,
         message=message,
+        commit_unknown=unknown,
     )
 
 
