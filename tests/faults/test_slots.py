@@ -129,6 +129,6 @@ def test_typed_error_inside_the_deadline_when_no_slot_frees(full: Full) -> None:
     assert full.wording in str(error)
     assert error.attempts == len(waits) + 1 >= 2
     assert error.budget is not None
-    assert error.budget <= 2.0 - db.settings.deadline_margin
+    assert 0 < error.budget < 2.0  # the budget ends before the function's deadline
     assert committed_ids(full.app_db) == []
     db.close()
