@@ -227,8 +227,10 @@ def render(r: Mapping[str, Any]) -> str:
         lines += [
             "## Watchdog (client-side deadline) per statement",
             "",
-            "`SELECT 1` on an open connection, bare and inside the invocation's "
-            "`deadline_guard` (psycopg2 wait callback polling with the deadline).",
+            "`SELECT 1` on an open connection, bare and inside `deadline_guard` (a psycopg2 "
+            "wait callback polling with the deadline). It covers lambda-db's own statements "
+            "(connect, ping, the invocation's first statement, COMMIT, ROLLBACK) always, "
+            "and the handler's with `DB_STATEMENT_GUARD=true`.",
             "",
             *_table(
                 ["bare µs", "guarded µs", "overhead µs", "overhead %"],
