@@ -21,19 +21,6 @@ SESSION_TOKEN = "IQoJb3JpZ2luX2VjEXAMPLE//////////wEaCXVzLWVhc3QtMSJH" + "MEUCIQ
 REGION = "eu-west-1"
 
 
-class FakeClock:
-    """A monotonic clock that moves only when told (``clock()``, ``clock.advance(s)``)."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 class FrozenAwsTime:
     """The wall-clock time botocore signs with, frozen and movable.
 
@@ -90,12 +77,6 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> dict[str, str]:
 def aws_time(monkeypatch: pytest.MonkeyPatch) -> FrozenAwsTime:
     """botocore's signing time, frozen at 2024-05-01 12:00:00 UTC."""
     return FrozenAwsTime(monkeypatch, datetime.datetime(2024, 5, 1, 12, 0, 0))
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A fake monotonic clock for provider caches."""
-    return FakeClock()
 
 
 @pytest.fixture

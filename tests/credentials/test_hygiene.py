@@ -19,9 +19,10 @@ from lambda_db._iam import IamTokenProvider
 from lambda_db._secrets import SecretProvider
 from lambda_db.errors import AuthenticationError
 from lambda_db.localpg import LocalPostgres
+from tests.conftest import FakeClock
 
 from ..conftest import AppDb
-from .conftest import REGION, SECRET_KEY, SESSION_TOKEN, FakeClock, FrozenAwsTime, kill_backends
+from .conftest import REGION, SECRET_KEY, SESSION_TOKEN, FrozenAwsTime, kill_backends
 from .test_iam_e2e import expected_token, set_role_password
 
 

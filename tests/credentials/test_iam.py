@@ -12,8 +12,9 @@ import pytest
 from lambda_db._iam import IamTokenProvider, muted_loggers, sign_token
 from lambda_db.config import Settings
 from lambda_db.errors import ConfigurationError
+from tests.conftest import FakeClock
 
-from .conftest import ACCESS_KEY, REGION, SESSION_TOKEN, FakeClock, FrozenAwsTime
+from .conftest import ACCESS_KEY, REGION, SESSION_TOKEN, FrozenAwsTime
 
 HOST = "app-proxy.proxy-abcdefghijkl.eu-west-1.rds.amazonaws.com"
 

@@ -18,9 +18,10 @@ import lambda_db
 from lambda_db._iam import IamTokenProvider
 from lambda_db.errors import AuthenticationError
 from lambda_db.localpg import LocalPostgres
+from tests.conftest import FakeClock
 
 from ..conftest import AppDb
-from .conftest import REGION, FakeClock, FrozenAwsTime, kill_backends
+from .conftest import REGION, FrozenAwsTime, kill_backends
 
 HOST = "127.0.0.1"  # the test CA's certificate names localhost and 127.0.0.1
 

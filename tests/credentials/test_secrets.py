@@ -11,8 +11,9 @@ import pytest
 from lambda_db._secrets import SecretProvider
 from lambda_db.config import Settings
 from lambda_db.errors import ConfigurationError, DatabaseUnavailableError
+from tests.conftest import FakeClock
 
-from .conftest import REGION, FakeClock
+from .conftest import REGION
 
 PASSWORD = "s3cr3t-Value-that-must-never-show"
 RDS_SECRET = {
