@@ -55,6 +55,9 @@ ENV_ALLOW_INSECURE = "DB_ALLOW_INSECURE_TRANSPORT"
 ENV_STATEMENT_GUARD = "DB_STATEMENT_GUARD"
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
+#: The deadline margin when DB_DEADLINE_MARGIN is unset (capped for short functions).
+DEFAULT_DEADLINE_MARGIN = 1.0
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
 
@@ -136,7 +139,8 @@ class Settings:
     #: Replace a connection older than this (``0`` disables recycling).
     max_age: float
     #: Time kept free before the Lambda deadline: retries and statement_timeout stop here.
-    deadline_margin: float
+    #: ``None`` (the default): 1 s, or a quarter of the time left when that is less.
+    deadline_margin: float | None
     #: ``idle_in_transaction_session_timeout`` set per transaction (``None``: server's).
     idle_in_transaction_timeout: float | None
     #: How long a Secrets Manager value is cached.
@@ -164,7 +168,7 @@ class Settings:
         connect_budget: float = 10.0,
         idle_ping_after: float = 2 * 60.0,
         max_age: float = 30 * 60.0,
-        deadline_margin: float = 1.0,
+        deadline_margin: float | None = None,
         idle_in_transaction_timeout: float | None = None,
         secret_max_age: float = 5 * 60.0,
         allow_insecure_transport: bool = False,
@@ -224,7 +228,7 @@ class Settings:
             "connect_budget": _float(env, ENV_CONNECT_BUDGET, 10.0),
             "idle_ping_after": _float(env, ENV_IDLE_PING_AFTER, 2 * 60.0),
             "max_age": _float(env, ENV_MAX_AGE, 30 * 60.0),
-            "deadline_margin": _float(env, ENV_DEADLINE_MARGIN, 1.0),
+            "deadline_margin": _optional_float(env, ENV_DEADLINE_MARGIN),
             "idle_in_transaction_timeout": _optional_float(env, ENV_IDLE_IN_TRANSACTION_TIMEOUT),
             "secret_max_age": _float(env, ENV_SECRET_MAX_AGE, 5 * 60.0),
             "allow_insecure_transport": _bool(env, ENV_ALLOW_INSECURE),
@@ -263,6 +267,24 @@ class Settings:
                     f"(set it in the function's environment, or pass it to Settings)",
                     variable=variable,
                 )
+
+    def margin_for(self, remaining: float | None) -> float:
+        """The deadline margin for an invocation with ``remaining`` seconds left.
+
+        An explicit ``deadline_margin`` is used as given; the default is
+        :data:`DEFAULT_DEADLINE_MARGIN`, capped at a quarter of the time left so that a
+        short function (Lambda allows 1 s) still has time to connect.
+
+        >>> Settings().margin_for(60.0), Settings().margin_for(1.0)
+        (1.0, 0.25)
+        >>> Settings(deadline_margin=30.0).margin_for(60.0)
+        30.0
+        """
+        if self.deadline_margin is not None:
+            return self.deadline_margin
+        if remaining is None:
+            return DEFAULT_DEADLINE_MARGIN
+        return min(DEFAULT_DEADLINE_MARGIN, remaining * 0.25)
 
     def effective_sslmode(self, host: str | None = None) -> str:
         """The sslmode used for ``host``: explicit ``sslmode``, else by where the host is.
@@ -315,7 +337,7 @@ def _validate(values: dict[str, Any]) -> None:
         )
     for name, env, low, inclusive in _NUMBERS:
         value = values[name]
-        if value is None and name == "idle_in_transaction_timeout":
+        if value is None and name in ("idle_in_transaction_timeout", "deadline_margin"):
             continue
         ok = math.isfinite(value) and (value >= low if inclusive else value > low)
         if not ok:

@@ -59,9 +59,6 @@ logger = logging.getLogger(__name__)
 
 Connection = psycopg2.extensions.connection
 
-#: The deadline margin never takes more than this share of the remaining time.
-MAX_MARGIN_SHARE = 0.25
-
 #: ``set_session`` value meaning "the server's default".
 DEFAULT: Final = "default"
 
@@ -327,7 +324,7 @@ class Database:
 
         Commits when the block ends normally, rolls back when it raises (the exception
         propagates). With a Lambda ``context``, the connect budget and a transaction-local
-        ``statement_timeout`` end ``deadline_margin`` seconds before the function's own
+        ``statement_timeout`` end the deadline margin before the function's own
         timeout (measured after connecting, so retries shorten it). A connection lost
         inside the block fails the invocation with :class:`ConnectionLostError`; nothing
         is replayed.
@@ -344,10 +341,7 @@ class Database:
             if self._in_invocation:
                 raise LambdaDbError("Database.invocation() is not re-entrant")
             settings = self.settings
-            # A short function keeps most of its time: the margin is at most a quarter.
-            margin = settings.deadline_margin
-            if remaining is not None:
-                margin = min(margin, remaining * MAX_MARGIN_SHARE)
+            margin = settings.margin_for(remaining)
             now = self._clock()
             connect_deadline = (
                 now + settings.connect_budget

@@ -17,7 +17,8 @@ def test_defaults_are_pinned() -> None:
     assert s.connect_budget == 10.0
     assert s.idle_ping_after == 120.0  # well under RDS Proxy's 1800 s IdleClientTimeout
     assert s.max_age == 1800.0
-    assert s.deadline_margin == 1.0
+    assert s.deadline_margin is None  # auto: 1 s, at most a quarter of the time left
+    assert (s.margin_for(None), s.margin_for(10.0), s.margin_for(1.0)) == (1.0, 1.0, 0.25)
     assert s.idle_in_transaction_timeout is None
     assert s.secret_max_age == 300.0
     assert s.allow_insecure_transport is False
