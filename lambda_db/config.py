@@ -7,11 +7,11 @@ environment variable name lives here, as a constant, and a bad value raises
 Example::
 
     >>> s = Settings.from_env({"DB_HOST": "localhost", "DB_NAME": "app", "DB_USER": "app",
-    ...                        "DB_PASSWORD": "pw"})
-    >>> s.port, s.auth_mode, s.sslmode
+    ...                        "DB_PASSWORD": "s3cr3t"})
+    >>> s.port, s.auth_mode, s.effective_sslmode()
     (5432, 'password', 'prefer')
-    >>> s                                   # the password never shows
-    Settings(host='localhost', port=5432, dbname='app', user='app', auth_mode='password', ...)
+    >>> "s3cr3t" in repr(s)                  # the password never shows
+    False
 """
 
 from __future__ import annotations
