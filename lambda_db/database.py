@@ -421,6 +421,7 @@ class Database:
         except psycopg2.Error as exc:
             if is_disconnect(exc, conn):
                 raise self._lost(exc, during="the start of the invocation") from exc
+            self._rollback(conn)  # the handler never ran: leave no transaction open
             raise
 
     def _end_ok(self, conn: Connection) -> None:
@@ -443,8 +444,6 @@ class Database:
         self.stats.commits += 1
 
     def _end_failed(self, conn: Connection, exc: BaseException) -> None:
-        if isinstance(exc, ConnectionLostError):  # raised by _begin: already handled
-            return
         if is_disconnect(exc, conn):
             raise self._lost(exc, during="the invocation") from exc
         self._rollback(conn)

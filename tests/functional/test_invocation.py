@@ -420,3 +420,16 @@ def test_statement_timeout_counts_from_after_the_wait_for_a_slot(env_db: AppDb) 
 
     # 6 s function, 1 s margin: 5 s if counted before connecting; at most 3.5 s after.
     assert handler({}, FakeLambdaContext(timeout_ms=6000)) <= 3500
+
+
+def test_a_lost_connection_error_from_elsewhere_still_rolls_this_one_back(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: object, context: object) -> None:
+        insert("other-db-failed")
+        raise lambda_db.ConnectionLostError("another database's connection was lost")
+
+    with pytest.raises(lambda_db.ConnectionLostError, match="another database"):
+        handler({}, FakeLambdaContext())
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+    assert env_db.backends("idle in transaction") == []
+    assert lambda_db.default_database().stats.connections_lost == 0
