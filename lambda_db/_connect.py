@@ -161,7 +161,8 @@ def connect_with_retry(
         refresh = False
         remaining = deadline - clock()
         kwargs = connect_kwargs(settings, credentials, remaining=remaining)
-        check_transport(settings, provider, kwargs["host"])
+        if not settings.host:  # the host came with the credentials: check it now
+            check_transport(settings, provider, kwargs["host"])
         # libpq counts connect_timeout in whole seconds (at least 2); the guard bounds
         # the attempt exactly, by the smaller of connect_timeout and the budget left.
         attempt_deadline = time.monotonic() + max(0.0, min(settings.connect_timeout, remaining))
