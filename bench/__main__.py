@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from lambda_db.localpg import LocalPostgres
+from lambda_db_lab.localpg import LocalPostgres
 
 SECTIONS = ("imports", "credentials", "warm", "watchdog", "recovery", "burst", "load")
 

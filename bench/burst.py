@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 from bench.timing import percentile
-from lambda_db.localpg import LocalPostgres
+from lambda_db_lab.localpg import LocalPostgres
 from tests.conftest import AppDb
 from tests.support.environments import Environments, Pattern, Plan
 from tests.support.ledger import Ledger, Outcome, committed_ids

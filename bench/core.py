@@ -17,20 +17,14 @@ import psycopg2
 import lambda_db
 from bench.timing import import_cost, interleaved
 from lambda_db._watchdog import deadline_guard
+from lambda_db.testing import LambdaContext
 
-__all__ = ["Context", "import_figures", "lambda_db_cases", "no_round_trip", "watchdog_overhead"]
+__all__ = ["import_figures", "lambda_db_cases", "no_round_trip", "watchdog_overhead"]
 
 #: ``get_connection()`` calls per round (each batch is 100 calls).
 FAST_CALLS = 10_000
 #: Statements per round for anything that makes a round trip.
 SLOW_CALLS = 1_000
-
-
-class Context:
-    """A Lambda context with 30 s left (the invocation scope only reads the time left)."""
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 def lambda_db_cases(env: Mapping[str, str]) -> dict[str, tuple[Callable[[], object], int, int]]:
@@ -43,7 +37,7 @@ def lambda_db_cases(env: Mapping[str, str]) -> dict[str, tuple[Callable[[], obje
     lambda_db.reset()
     lambda_db.get_connection()
     db = lambda_db.default_database()
-    context = Context()
+    context = LambdaContext(timeout=30.0)
 
     def invocation() -> None:
         with db.invocation(context):

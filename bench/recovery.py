@@ -15,8 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import lambda_db
-from lambda_db.localpg import LocalPostgres
-from tests.conftest import AppDb, FakeLambdaContext
+from lambda_db.testing import LambdaContext
+from lambda_db_lab.localpg import LocalPostgres
+from tests.conftest import AppDb
 from tests.support.environments import lambda_db_pattern, naive_pattern
 from tests.support.ledger import invoke, new_event
 from tests.support.server import terminate_and_wait
@@ -30,7 +31,7 @@ def _until_success(handler: Handler) -> tuple[float, int]:
     """Seconds until an invocation succeeds, and the failures before it."""
     started = time.perf_counter()
     failures = 0
-    while not invoke(handler, new_event(), FakeLambdaContext(timeout_ms=10_000)).ok:
+    while not invoke(handler, new_event(), LambdaContext(timeout=10.0)).ok:
         failures += 1
     return time.perf_counter() - started, failures
 
@@ -38,7 +39,7 @@ def _until_success(handler: Handler) -> tuple[float, int]:
 def _warm_ms(handler: Handler, n: int = 50) -> float:
     samples = []
     for _ in range(n):
-        outcome = invoke(handler, new_event(), FakeLambdaContext())
+        outcome = invoke(handler, new_event(), LambdaContext())
         assert outcome.ok, outcome
         samples.append(outcome.elapsed * 1000)
     return statistics.median(samples)

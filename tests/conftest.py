@@ -1,6 +1,6 @@
 """Shared fixtures: one throwaway PostgreSQL for the whole run, a fresh database per test.
 
-The server is real (``lambda_db.localpg``): TCP on 127.0.0.1, scram-sha-256, TLS with a
+The server is real (``lambda_db_lab.localpg``): TCP on 127.0.0.1, scram-sha-256, TLS with a
 CA made for this run. Nothing here mocks psycopg2.
 """
 
@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 import lambda_db
-from lambda_db.localpg import LocalPostgres
+from lambda_db_lab.localpg import LocalPostgres
 
 _counter = itertools.count()
 
@@ -145,29 +145,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class FakeLambdaContext:
-    """What the Lambda runtime passes as ``context``, with a real deadline.
-
-    ``get_remaining_time_in_millis()`` counts down from ``timeout_ms`` on the real
-    monotonic clock, as in Lambda.
-    """
-
-    def __init__(self, timeout_ms: int = 3000, function_name: str = "test-function") -> None:
-        self._deadline = time.monotonic() + timeout_ms / 1000.0
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.memory_limit_in_mb = 128
-        self.invoked_function_arn = (
-            f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
-        )
-        self.aws_request_id = secrets.token_hex(8)
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = "test"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 @pytest.fixture

@@ -32,10 +32,10 @@ import psycopg2
 import psycopg2.extensions
 
 from lambda_db import get_connection, with_connection
+from lambda_db.testing import LambdaContext
 
 __all__ = [
     "EnvironmentSpec",
-    "FakeContext",
     "failure_label",
     "lambda_db_handler",
     "make_event",
@@ -67,19 +67,6 @@ class EnvironmentSpec:
     connect_kwargs: dict[str, Any] = field(default_factory=dict)
     environ: dict[str, str] = field(default_factory=dict)
     timeout: float = 10.0
-
-
-class FakeContext:
-    """The part of the Lambda context lambda-db reads: the invocation's deadline."""
-
-    def __init__(self, timeout: float, request_id: str) -> None:
-        self.aws_request_id = request_id
-        self.function_name = "demo"
-        self._deadline = time.monotonic() + timeout
-
-    def get_remaining_time_in_millis(self) -> int:
-        """Milliseconds left before the (simulated) function timeout."""
-        return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
 def make_event(environment: int, invocation: int, bad_every: int) -> dict[str, Any]:
@@ -161,7 +148,9 @@ def run_environment(spec: EnvironmentSpec, go: Any, stop: Any, queue: Any) -> No
     for i in range(spec.invocations):
         event = make_event(spec.index, i, spec.bad_every)
         event["work"] = spec.work
-        context = FakeContext(spec.timeout, f"{spec.index}-{i}")
+        context = LambdaContext(
+            spec.timeout, function_name="demo", aws_request_id=f"{spec.index}-{i}"
+        )
         started = time.perf_counter()
         try:
             handler(event, context)

@@ -1,6 +1,6 @@
 """``lambda-db demo``: the seed article's incident and its fixes, side by side, for real.
 
-On a PostgreSQL server it starts itself (:class:`lambda_db.localpg.LocalPostgres`) the
+On a PostgreSQL server it starts itself (:class:`lambda_db_lab.localpg.LocalPostgres`) the
 demo creates a role with ``CONNECTION LIMIT`` (10 by default) and bursts N simulated
 Lambda execution environments, separate processes, each serving M invocations in a row
 (every fourth order is malformed, so the handler's error path runs):
@@ -51,8 +51,8 @@ from lambda_db.cli._demo_env import EnvironmentSpec, run_environment
 from lambda_db.cli._output import print_json, summary, table
 
 if TYPE_CHECKING:
-    from lambda_db.cli.pgbouncer import PgBouncer
-    from lambda_db.localpg import LocalPostgres
+    from lambda_db_lab.localpg import LocalPostgres
+    from lambda_db_lab.pgbouncer import PgBouncer
 
 __all__ = ["DemoConfig", "DemoResult", "PhaseResult", "add_parser", "run", "run_demo"]
 
@@ -412,7 +412,7 @@ def _server(server: LocalPostgres | None, config: DemoConfig) -> Iterator[LocalP
     if server is not None:
         yield server
         return
-    from lambda_db.localpg import LocalPostgres
+    from lambda_db_lab.localpg import LocalPostgres
 
     max_connections = max(50, 2 * (config.limit + config.environments) + 10)
     with LocalPostgres(tls=False, settings={"max_connections": str(max_connections)}) as pg:
@@ -427,7 +427,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the phases and return the figures (progress lines go to ``progress``).
 
-    ``server``: an already running :class:`~lambda_db.localpg.LocalPostgres` to use
+    ``server``: an already running :class:`~lambda_db_lab.localpg.LocalPostgres` to use
     (tests pass theirs); the demo then works in a role and database of its own and
     drops them afterwards. Without it the demo starts and removes its own server.
 
@@ -533,7 +533,7 @@ def _pooler_phase(
     """Phase 3 when pgbouncer is installed; otherwise why it was skipped."""
     if not config.pooler:
         return "--no-pooler"
-    from lambda_db.cli.pgbouncer import PgBouncer, find_pgbouncer
+    from lambda_db_lab.pgbouncer import PgBouncer, find_pgbouncer
 
     if find_pgbouncer() is None:
         out.say("pgbouncer is not installed (make system-deps): skipping part 3")

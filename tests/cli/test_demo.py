@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from lambda_db.cli.demo import DemoConfig, render, run_demo
-from lambda_db.cli.pgbouncer import find_pgbouncer
-from lambda_db.localpg import LocalPostgres
+from lambda_db_lab.localpg import LocalPostgres
+from lambda_db_lab.pgbouncer import find_pgbouncer
 
 SHORT = DemoConfig(environments=3, invocations=6, limit=4, bad_every=2, work_ms=5, pool_size=2)
 

@@ -18,7 +18,7 @@ import lambda_db
 from lambda_db._iam import IamTokenProvider
 from lambda_db._secrets import SecretProvider
 from lambda_db.errors import AuthenticationError
-from lambda_db.localpg import LocalPostgres
+from lambda_db_lab.localpg import LocalPostgres
 from tests.conftest import FakeClock
 
 from ..conftest import AppDb

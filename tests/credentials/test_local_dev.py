@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import lambda_db
+from lambda_db.testing import LambdaContext
 
 from ..conftest import AppDb
 
@@ -24,13 +25,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         row = cur.fetchone()
     assert row is not None
     return {"statusCode": 200, "user": row[0], "name": row[1]}
-
-
-class Context:
-    """The part of the Lambda context the decorator reads."""
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 3_000
 
 
 def test_sam_local_runs_the_handler_in_password_mode(
@@ -55,10 +49,10 @@ def test_sam_local_runs_the_handler_in_password_mode(
         monkeypatch.setenv(name, value)
     lambda_db.reset()
 
-    result = handler({"name": "local"}, Context())
+    result = handler({"name": "local"}, LambdaContext())
     assert result == {"statusCode": 200, "user": app_db.role, "name": "local"}
     db = lambda_db.default_database()
     assert db.settings.auth_mode == "password"
     assert db.provider.mode == "password"
-    assert handler({"name": "again"}, Context())["name"] == "again"
+    assert handler({"name": "again"}, LambdaContext())["name"] == "again"
     assert db.stats.connects == 1 and db.stats.commits == 2

@@ -16,7 +16,7 @@ from psycopg2 import sql
 import lambda_db
 from lambda_db._secrets import SecretProvider
 from lambda_db.errors import AuthenticationError
-from lambda_db.localpg import LocalPostgres
+from lambda_db_lab.localpg import LocalPostgres
 
 from ..conftest import AppDb
 from .conftest import kill_backends

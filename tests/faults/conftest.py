@@ -1,7 +1,7 @@
 """Fixtures for the fault matrix: a ledger table, and a private server for destructive cases.
 
 Restarting or starving the suite's shared server would break other tests, so those cases
-get their own :class:`~lambda_db.localpg.LocalPostgres`.
+get their own :class:`~lambda_db_lab.localpg.LocalPostgres`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from lambda_db.localpg import LocalPostgres
+from lambda_db_lab.localpg import LocalPostgres
 from tests.support.fixtures import ledger_db
 
 __all__ = ["ledger_db", "private_pg"]

@@ -16,8 +16,9 @@ import psycopg2
 import pytest
 
 from lambda_db import Database
-from lambda_db.cli.pgbouncer import PgBouncer, find_pgbouncer
-from tests.conftest import AppDb, FakeLambdaContext
+from lambda_db.testing import LambdaContext
+from lambda_db_lab.pgbouncer import PgBouncer, find_pgbouncer
+from tests.conftest import AppDb
 from tests.support.environments import Environments, Plan
 from tests.support.ledger import Ledger, committed_ids, handler_for, invoke, new_event
 from tests.support.sampler import ConnectionSampler
@@ -65,7 +66,7 @@ def test_guard_rails_do_not_leak_to_the_next_client(
     db = Database(settings)
     seen: dict[str, Any] = {}
     outcome = invoke(handler_for(db, during=lambda cur: seen.update(show(cur))),
-                     new_event(), FakeLambdaContext(timeout_ms=5000))  # fmt: skip
+                     new_event(), LambdaContext(timeout=5))  # fmt: skip
     assert outcome.ok, outcome
 
     other = psycopg2.connect(**pb.connect_kwargs(ledger_db.role), application_name="theirs")

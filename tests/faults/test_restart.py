@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from lambda_db.localpg import LocalPostgres
+from lambda_db_lab.localpg import LocalPostgres
 from tests.support.environments import Environments, Plan
 from tests.support.ledger import Ledger, committed_ids
 from tests.support.server import ledger_app_db

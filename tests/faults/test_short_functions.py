@@ -9,7 +9,8 @@ the time left.
 from __future__ import annotations
 
 from lambda_db import Database
-from tests.conftest import AppDb, FakeLambdaContext
+from lambda_db.testing import LambdaContext
+from tests.conftest import AppDb
 from tests.support.ledger import Ledger, committed_ids, handler_for, invoke, new_event
 
 
@@ -17,7 +18,7 @@ def test_a_one_second_function_can_use_the_database_with_default_settings(
     ledger_db: AppDb,
 ) -> None:
     db = Database(ledger_db.settings)
-    outcomes = [invoke(handler_for(db), new_event(i), FakeLambdaContext(1000)) for i in range(2)]
+    outcomes = [invoke(handler_for(db), new_event(i), LambdaContext(timeout=1)) for i in range(2)]
     db.close()
     assert [o.error for o in outcomes] == [None, None], outcomes[0].message
     assert all(o.inside_deadline for o in outcomes)
@@ -27,7 +28,7 @@ def test_a_one_second_function_can_use_the_database_with_default_settings(
 def test_a_one_second_function_works_with_a_smaller_margin(ledger_db: AppDb) -> None:
     """An explicit small ``DB_DEADLINE_MARGIN`` works too."""
     db = Database(ledger_db.settings.replace(deadline_margin=0.2))
-    outcomes = [invoke(handler_for(db), new_event(i), FakeLambdaContext(1000)) for i in range(2)]
+    outcomes = [invoke(handler_for(db), new_event(i), LambdaContext(timeout=1)) for i in range(2)]
     db.close()
     assert [o.error for o in outcomes] == [None, None], outcomes[0].message
     assert all(o.inside_deadline for o in outcomes)

@@ -2,7 +2,7 @@
 
 A NAT gateway that dropped an idle flow, a proxy that stopped forwarding: a blocking
 client would wait until Lambda kills the whole environment. A relay between lambda-db
-and the server (``tests.support.relay``) goes silent on cue. Whatever lambda-db was
+and the server (``lambda_db_lab.relay``) goes silent on cue. Whatever lambda-db was
 doing (the idle ping, the invocation's first statement, COMMIT, a new connection) must
 end in a typed error before the invocation's deadline, and the first invocation after
 the path heals must succeed.
@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 
 from lambda_db import Database, Settings
-from tests.conftest import AppDb, FakeLambdaContext
+from lambda_db.testing import LambdaContext
+from lambda_db_lab.relay import Relay
+from tests.conftest import AppDb
 from tests.support.ledger import Ledger, committed_ids, handler_for, invoke, new_event
-from tests.support.relay import Relay
 from tests.support.wait import wait_for
 
 #: Lambda's default function timeout.
@@ -85,16 +86,18 @@ def test_silent_path_typed_error_inside_the_deadline_then_recovery(
     db = Database(through(relay, ledger_db, **changes))
     outcomes = []
     if warm:
-        outcomes.append(invoke(handler_for(db), new_event(0), FakeLambdaContext(timeout_ms)))
+        outcomes.append(
+            invoke(handler_for(db), new_event(0), LambdaContext(timeout=timeout_ms / 1000))
+        )
     if case in ("statement", "commit"):
         then = "SELECT 1" if case == "statement" else None
         handler = handler_for(db, during=silence_now(relay, then=then))
     else:
         relay.silence()
         handler = handler_for(db)
-    doomed = invoke(handler, new_event(1), FakeLambdaContext(timeout_ms))
+    doomed = invoke(handler, new_event(1), LambdaContext(timeout=timeout_ms / 1000))
     relay.heal()
-    after = invoke(handler_for(db), new_event(2), FakeLambdaContext(timeout_ms))
+    after = invoke(handler_for(db), new_event(2), LambdaContext(timeout=timeout_ms / 1000))
     outcomes += [doomed, after]
 
     assert doomed.is_a(expected), doomed
@@ -121,9 +124,9 @@ def test_a_connection_lost_at_the_first_statement_is_counted_once(
     ledger_db: AppDb, relay: Relay
 ) -> None:
     db = Database(through(relay, ledger_db))
-    invoke(handler_for(db), new_event(0), FakeLambdaContext(TIMEOUT_MS))
+    invoke(handler_for(db), new_event(0), LambdaContext(timeout=TIMEOUT_MS / 1000))
     relay.silence()
-    doomed = invoke(handler_for(db), new_event(1), FakeLambdaContext(TIMEOUT_MS))
+    doomed = invoke(handler_for(db), new_event(1), LambdaContext(timeout=TIMEOUT_MS / 1000))
     relay.heal()
     assert doomed.is_a("ConnectionLostError")
     assert db.stats.connections_lost == 1
@@ -139,11 +142,13 @@ def test_handler_statement_on_a_hung_proxy_without_the_guard(
     deadline (Lambda would kill the environment): an expected failure today. Once the
     default bounds this case, it passes on the same assertions as the guarded case."""
     db = Database(through(relay, ledger_db))
-    assert invoke(handler_for(db), new_event(0), FakeLambdaContext(TIMEOUT_MS)).ok
+    assert invoke(handler_for(db), new_event(0), LambdaContext(timeout=TIMEOUT_MS / 1000)).ok
     handler = handler_for(db, during=silence_now(relay, then="SELECT 1"))
     result: list[Any] = []
     thread = threading.Thread(
-        target=lambda: result.append(invoke(handler, new_event(1), FakeLambdaContext(TIMEOUT_MS))),
+        target=lambda: result.append(
+            invoke(handler, new_event(1), LambdaContext(timeout=TIMEOUT_MS / 1000))
+        ),
         daemon=True,
     )
     thread.start()

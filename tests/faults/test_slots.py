@@ -20,8 +20,9 @@ import pytest
 import lambda_db
 from lambda_db import Database
 from lambda_db._backoff import Backoff
-from lambda_db.localpg import LocalPostgres
-from tests.conftest import AppDb, FakeLambdaContext
+from lambda_db.testing import LambdaContext
+from lambda_db_lab.localpg import LocalPostgres
+from tests.conftest import AppDb
 from tests.support.ledger import (
     Ledger,
     committed_ids,
@@ -105,7 +106,7 @@ def test_waits_with_full_jitter_and_gets_in_when_a_slot_frees(full: Full) -> Non
 
     sleep = recording_sleep(waits, then=during_the_third_wait)
     db = Database(full.app_db.settings, sleep=sleep, backoff=Backoff(rng=random.Random(SEED)))
-    outcome = invoke(handler_for(db), new_event(), FakeLambdaContext(timeout_ms=10_000))
+    outcome = invoke(handler_for(db), new_event(), LambdaContext(timeout=10))
 
     assert outcome.ok, outcome
     rng, backoff = random.Random(SEED), Backoff()
@@ -118,7 +119,7 @@ def test_waits_with_full_jitter_and_gets_in_when_a_slot_frees(full: Full) -> Non
 def test_typed_error_inside_the_deadline_when_no_slot_frees(full: Full) -> None:
     waits: list[float] = []
     db = Database(full.app_db.settings, sleep=recording_sleep(waits))
-    context = FakeLambdaContext(timeout_ms=2000)
+    context = LambdaContext(timeout=2)
     deadline = time.monotonic() + 2.0
     handler = handler_for(db)
     with pytest.raises(lambda_db.ConnectionLimitError) as info:

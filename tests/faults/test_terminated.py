@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from lambda_db import Database
-from tests.conftest import AppDb, FakeLambdaContext
+from lambda_db.testing import LambdaContext
+from tests.conftest import AppDb
 from tests.support.ledger import Ledger, Outcome, committed_ids, handler_for, invoke, new_event
 from tests.support.server import terminate_and_wait
 from tests.support.wait import wait_for
@@ -23,9 +24,9 @@ def test_terminated_while_idle_next_invocation_succeeds_without_sleeping(ledger_
     sleeps: list[float] = []
     db = Database(ledger_db.settings, sleep=sleeps.append)
     handler = handler_for(db)
-    outcomes = [invoke(handler, new_event(0), FakeLambdaContext())]
+    outcomes = [invoke(handler, new_event(0), LambdaContext())]
     assert terminate_and_wait(ledger_db) == 1  # while the environment is "frozen"
-    outcomes.append(invoke(handler, new_event(1), FakeLambdaContext()))
+    outcomes.append(invoke(handler, new_event(1), LambdaContext()))
 
     assert [o.error for o in outcomes] == [None, None]
     assert sleeps == []  # replacing a connection the server killed never backs off
@@ -84,8 +85,8 @@ def test_terminated_mid_transaction_fails_that_invocation_and_commits_nothing(
 ) -> None:
     sleeps: list[float] = []
     db = Database(ledger_db.settings, sleep=sleeps.append)
-    doomed = invoke(handler_for(db, during=fault(ledger_db)), new_event(0), FakeLambdaContext())
-    after = invoke(handler_for(db), new_event(1), FakeLambdaContext())
+    doomed = invoke(handler_for(db, during=fault(ledger_db)), new_event(0), LambdaContext())
+    after = invoke(handler_for(db), new_event(1), LambdaContext())
 
     assert doomed.is_a("ConnectionLostError"), doomed
     assert "nothing was replayed" in doomed.message
@@ -103,7 +104,7 @@ def test_terminated_mid_transaction_fails_that_invocation_and_commits_nothing(
 def test_before_commit_says_the_outcome_is_unknown(ledger_db: AppDb) -> None:
     db = Database(ledger_db.settings)
     doomed: Outcome = invoke(
-        handler_for(db, during=_kill_before_commit(ledger_db)), new_event(), FakeLambdaContext()
+        handler_for(db, during=_kill_before_commit(ledger_db)), new_event(), LambdaContext()
     )
     assert doomed.is_a("ConnectionLostError")
     assert doomed.commit_unknown, doomed.message  # the caller must not assume a rollback

@@ -12,7 +12,8 @@ import pytest
 import lambda_db
 from lambda_db import Database
 from lambda_db._backoff import Backoff
-from tests.conftest import AppDb, FakeLambdaContext
+from lambda_db.testing import LambdaContext
+from tests.conftest import AppDb
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def test_budget_comes_from_the_lambda_context(full_role: tuple[AppDb, Any]) -> N
     started = time.monotonic()
     with (
         pytest.raises(lambda_db.ConnectionLimitError) as info,
-        db.invocation(FakeLambdaContext(timeout_ms=1500)),
+        db.invocation(LambdaContext(timeout=1.5)),
     ):
         pass
     assert time.monotonic() - started < 1.5  # never outlives the invocation

@@ -17,7 +17,8 @@ import pytest
 
 import lambda_db
 from lambda_db import Database, _snapstart, with_connection
-from tests.conftest import AppDb, FakeLambdaContext
+from lambda_db.testing import LambdaContext
+from tests.conftest import AppDb
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_hundred_invocations_use_one_server_connection(env_db: AppDb) -> None:
         return "ok"
 
     for i in range(100):
-        assert handler({"id": f"i{i}"}, FakeLambdaContext()) == "ok"
+        assert handler({"id": f"i{i}"}, LambdaContext()) == "ok"
     rows = env_db.query(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
         (env_db.application_name,),
@@ -61,7 +62,7 @@ def test_get_connection_inside_is_the_invocations_connection(env_db: AppDb) -> N
     def handler(event: object, context: object, conn: object) -> None:
         seen.extend([conn, lambda_db.get_connection(), lambda_db.get_connection()])
 
-    handler({}, FakeLambdaContext())
+    handler({}, LambdaContext())
     assert seen[0] is seen[1] is seen[2]
 
 
@@ -72,7 +73,7 @@ def test_raising_handler_leaves_no_row_and_no_open_transaction(env_db: AppDb) ->
         raise ValueError("handler bug")
 
     with pytest.raises(ValueError, match="handler bug"):  # the original propagates
-        handler({}, FakeLambdaContext())
+        handler({}, LambdaContext())
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]
     assert env_db.backends("idle in transaction") == []
     assert lambda_db.default_database().stats.rollbacks == 1
@@ -88,10 +89,10 @@ def test_handler_that_swallows_a_database_error_is_rolled_back_not_failed(env_db
             return 409
         return 201
 
-    assert handler({}, FakeLambdaContext()) == 409
+    assert handler({}, LambdaContext()) == 409
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]  # the aborted tx wrote nothing
     assert env_db.backends("idle in transaction") == []
-    assert handler({}, FakeLambdaContext()) == 409  # and the connection is still good
+    assert handler({}, LambdaContext()) == 409  # and the connection is still good
 
 
 def test_connection_killed_mid_invocation_fails_it_typed_and_half_nothing(env_db: AppDb) -> None:
@@ -104,12 +105,12 @@ def test_connection_killed_mid_invocation_fails_it_typed_and_half_nothing(env_db
         return "ok"
 
     with pytest.raises(lambda_db.ConnectionLostError) as info:
-        handler({"id": "a", "kill": True}, FakeLambdaContext())
+        handler({"id": "a", "kill": True}, LambdaContext())
     assert isinstance(info.value.__cause__, psycopg2.OperationalError)
     assert "nothing was replayed" in str(info.value)
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]
     # The next invocation gets a fresh connection and succeeds.
-    assert handler({"id": "b"}, FakeLambdaContext()) == "ok"
+    assert handler({"id": "b"}, LambdaContext()) == "ok"
     assert env_db.query("SELECT id FROM items ORDER BY id") == [("b",), ("b-second",)]
     assert lambda_db.default_database().stats.connections_lost == 1
 
@@ -123,9 +124,9 @@ def test_backend_terminated_between_invocations(env_db: AppDb) -> None:
             assert row is not None
             return int(row[0])
 
-    first = handler({}, FakeLambdaContext())
+    first = handler({}, LambdaContext())
     env_db.terminate_all()
-    second = handler({}, FakeLambdaContext())
+    second = handler({}, LambdaContext())
     assert first != second
 
 
@@ -135,9 +136,9 @@ def test_server_restarted_between_invocations(env_db: AppDb) -> None:
         insert(event["id"])
         return "ok"
 
-    assert handler({"id": "before"}, FakeLambdaContext()) == "ok"
+    assert handler({"id": "before"}, LambdaContext()) == "ok"
     env_db.pg.restart()
-    assert handler({"id": "after"}, FakeLambdaContext()) == "ok"
+    assert handler({"id": "after"}, LambdaContext()) == "ok"
     assert env_db.query("SELECT count(*) FROM items") == [(2,)]
 
 
@@ -150,7 +151,7 @@ def test_statement_timeout_is_transaction_local(env_db: AppDb) -> None:
             assert row is not None
             return str(row[0])
 
-    shown = handler({}, FakeLambdaContext(timeout_ms=5000))
+    shown = handler({}, LambdaContext(timeout=5))
     assert shown.endswith("ms")
     assert 3500 <= int(shown[:-2]) <= 4000  # 5 s remaining minus the 1 s margin
     conn = lambda_db.get_connection()  # outside any invocation: the session is untouched
@@ -167,7 +168,7 @@ def test_statement_timeout_cancels_a_runaway_statement(env_db: AppDb) -> None:
             cur.execute("SELECT pg_sleep(10)")
 
     with pytest.raises(psycopg2.errors.QueryCanceled):
-        handler({}, FakeLambdaContext(timeout_ms=1500))
+        handler({}, LambdaContext(timeout=1.5))
     assert env_db.backends("idle in transaction") == []
     assert lambda_db.default_database().stats.connects == 1  # the connection survived
 
@@ -186,7 +187,7 @@ def test_idle_in_transaction_timeout_is_set_per_transaction(
             assert row is not None
             return str(row[0])
 
-    assert handler({}, FakeLambdaContext()) == "7s"
+    assert handler({}, LambdaContext()) == "7s"
 
 
 def test_no_password_in_debug_logs_errors_or_reprs(
@@ -194,7 +195,7 @@ def test_no_password_in_debug_logs_errors_or_reprs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     db = Database(app_db.settings, sleep=lambda s: None)
-    with db.invocation(FakeLambdaContext()) as conn, conn.cursor() as cur:
+    with db.invocation(LambdaContext()) as conn, conn.cursor() as cur:
         cur.execute("SELECT 1")
     app_db.terminate_all()
     db.get_connection()
@@ -254,7 +255,7 @@ def test_stacks_with_powertools_in_any_order(
     ]
     decorators.insert(position, with_connection)
     handler = _stack(decorators, body)
-    assert handler({"id": f"p{position}"}, FakeLambdaContext()) == {"id": f"p{position}"}
+    assert handler({"id": f"p{position}"}, LambdaContext()) == {"id": f"p{position}"}
     assert env_db.query("SELECT id FROM items") == [(f"p{position}",)]
     logged = [json.loads(line) for line in logger.registered_handler.stream.getvalue().splitlines()]
     assert [line["function_request_id"] for line in logged if line["message"] == "created"]
@@ -274,7 +275,7 @@ def test_decorator_with_options_and_explicit_database(app_db: AppDb) -> None:
             assert row is not None
             return row[0]
 
-    assert handler({}, FakeLambdaContext()) == app_db.role
+    assert handler({}, LambdaContext()) == app_db.role
     assert handler.__name__ == "handler"
     db.close()
 
@@ -321,7 +322,7 @@ def test_threads_inside_a_handler_share_the_invocations_connection(env_db: AppDb
         with ThreadPoolExecutor(max_workers=4) as pool:  # would deadlock if the lock were held
             return list(pool.map(lambda _: lambda_db.get_connection() is mine, range(8)))
 
-    assert handler({}, FakeLambdaContext()) == [True] * 8
+    assert handler({}, LambdaContext()) == [True] * 8
 
 
 def test_autocommit_left_on_by_a_caller_does_not_escape_the_transaction(env_db: AppDb) -> None:
@@ -333,7 +334,7 @@ def test_autocommit_left_on_by_a_caller_does_not_escape_the_transaction(env_db: 
         raise RuntimeError("after the insert")
 
     with pytest.raises(RuntimeError):
-        handler({}, FakeLambdaContext())
+        handler({}, LambdaContext())
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]
 
 
@@ -355,7 +356,7 @@ def test_threads_can_run_statements_on_the_invocations_connection(env_db: AppDb)
         with ThreadPoolExecutor(max_workers=4) as pool:
             return list(pool.map(query, range(16)))
 
-    assert handler({}, FakeLambdaContext(timeout_ms=5000)) == list(range(16))
+    assert handler({}, LambdaContext(timeout=5)) == list(range(16))
 
 
 def test_copy_works_inside_a_real_invocation(env_db: AppDb) -> None:
@@ -364,7 +365,7 @@ def test_copy_works_inside_a_real_invocation(env_db: AppDb) -> None:
         with lambda_db.get_connection().cursor() as cur:
             cur.copy_expert("COPY items (id, n) FROM STDIN", io.StringIO("a\t1\nb\t2\n"))
 
-    handler({}, FakeLambdaContext(timeout_ms=5000))
+    handler({}, LambdaContext(timeout=5))
     assert env_db.query("SELECT id, n FROM items ORDER BY id") == [("a", 1), ("b", 2)]
 
 
@@ -385,8 +386,8 @@ def test_isolation_level_and_readonly_apply_to_that_transaction_only(env_db: App
     def plain(event: object, context: object, conn: Any) -> tuple[str, str]:
         return show(conn)
 
-    assert strict({}, FakeLambdaContext()) == ("serializable", "on")
-    assert plain({}, FakeLambdaContext()) == ("read committed", "off")
+    assert strict({}, LambdaContext()) == ("serializable", "on")
+    assert plain({}, LambdaContext()) == ("read committed", "off")
     assert lambda_db.default_database().stats.connects == 1
 
 
@@ -401,7 +402,7 @@ def test_tcp_user_timeout_follows_the_invocations_deadline(env_db: AppDb) -> Non
         finally:
             sock.close()
 
-    timeout_ms = handler({}, FakeLambdaContext(timeout_ms=4000))
+    timeout_ms = handler({}, LambdaContext(timeout=4))
     assert 2500 < timeout_ms <= 3500  # 4 s less half the 1 s margin
 
 
@@ -419,7 +420,7 @@ def test_statement_timeout_counts_from_after_the_wait_for_a_slot(env_db: AppDb) 
             return int(str(row[0]).removesuffix("ms"))
 
     # 6 s function, 1 s margin: 5 s if counted before connecting; at most 3.5 s after.
-    assert handler({}, FakeLambdaContext(timeout_ms=6000)) <= 3500
+    assert handler({}, LambdaContext(timeout=6)) <= 3500
 
 
 def test_a_lost_connection_error_from_elsewhere_still_rolls_this_one_back(env_db: AppDb) -> None:
@@ -429,7 +430,7 @@ def test_a_lost_connection_error_from_elsewhere_still_rolls_this_one_back(env_db
         raise lambda_db.ConnectionLostError("another database's connection was lost")
 
     with pytest.raises(lambda_db.ConnectionLostError, match="another database"):
-        handler({}, FakeLambdaContext())
+        handler({}, LambdaContext())
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]
     assert env_db.backends("idle in transaction") == []
     assert lambda_db.default_database().stats.connections_lost == 0

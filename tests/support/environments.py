@@ -2,7 +2,7 @@
 
 An environment is a process: it imports its handler once (module state survives
 between invocations, as in Lambda), then runs one invocation at a time, each with a
-fresh context whose deadline is real (``tests.conftest.FakeLambdaContext``), and
+fresh context whose deadline is real (``lambda_db.testing.LambdaContext``), and
 reports every :class:`~tests.support.ledger.Outcome` to the parent. Every invocation
 writes one row with a unique id and reads it back in the same transaction.
 
@@ -186,7 +186,7 @@ class Environments:
 
 def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw: Any) -> None:
     try:
-        from tests.conftest import FakeLambdaContext
+        from lambda_db.testing import LambdaContext
 
         os.environ.update(plan.env)
         rotate = _serve_secret(plan.secret_file) if plan.secret_file else None
@@ -200,7 +200,7 @@ def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw:
                 thaw.wait()
                 if rotate is not None:
                     rotate()
-            context = FakeLambdaContext(timeout_ms=plan.timeout_ms)
+            context = LambdaContext(timeout=plan.timeout_ms / 1000)
             outcome = invoke(handler, new_event(seq, index, plan.work), context)
             reports.put(("outcome", index, outcome))
             seq += 1

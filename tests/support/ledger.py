@@ -8,7 +8,7 @@ or may not be there. The ledger counts those separately instead of hiding them.
 
 Example::
 
-    outcome = invoke(handler_for(db), new_event(), FakeLambdaContext(3000))
+    outcome = invoke(handler_for(db), new_event(), LambdaContext(timeout=3))
     ledger = Ledger.check([outcome], committed_ids(app_db))
     ledger.assert_exact()
 """

@@ -17,7 +17,7 @@ import threading
 
 import psycopg2
 
-from lambda_db.localpg import LocalPostgres
+from lambda_db_lab.localpg import LocalPostgres
 
 __all__ = ["ConnectionSampler"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from lambda_db.localpg import LocalPostgres
+from lambda_db_lab.localpg import LocalPostgres
 from tests.conftest import AppDb
 from tests.support.ledger import create_table
 from tests.support.wait import wait_for

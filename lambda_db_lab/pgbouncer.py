@@ -3,7 +3,7 @@
 It writes ``pgbouncer.ini`` and ``userlist.txt`` into a temporary directory, listens on
 ``127.0.0.1`` on a free port, and runs in the foreground as a child process, stopped
 by its pid. pgBouncer refuses to run as root, so as root it runs as the unprivileged
-system user that :class:`lambda_db.localpg.LocalPostgres` runs the server as. The
+system user that :class:`lambda_db_lab.localpg.LocalPostgres` runs the server as. The
 userlist holds plain passwords (pgBouncer then speaks scram-sha-256 to both sides);
 the directory is readable only by that user and deleted on stop.
 
@@ -32,7 +32,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from lambda_db.localpg import ensure_system_user, free_port
+from lambda_db_lab.localpg import ensure_system_user, free_port
 
 __all__ = ["PgBouncer", "find_pgbouncer"]
 
