@@ -11,6 +11,7 @@ from lambda_db.errors import (
     ConnectionLimitError,
     ConnectionLostError,
     DatabaseUnavailableError,
+    DeadlineExceededError,
     LambdaDbError,
 )
 from lambda_db.handler import default_database, get_connection, reset, with_connection
@@ -22,6 +23,7 @@ __all__ = [
     "ConnectionLostError",
     "Database",
     "DatabaseUnavailableError",
+    "DeadlineExceededError",
     "LambdaDbError",
     "Settings",
     "Stats",

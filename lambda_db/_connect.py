@@ -157,7 +157,7 @@ def connect_with_retry(
         )
     while True:
         attempts += 1
-        credentials = provider.get(refresh=refresh)
+        credentials = provider.get(refresh=refresh, budget=deadline - clock())
         refresh = False
         remaining = deadline - clock()
         kwargs = connect_kwargs(settings, credentials, remaining=remaining)

@@ -78,8 +78,13 @@ class CredentialProvider(Protocol):
         """True when the password must never cross a non-encrypted link to a remote host."""
         ...
 
-    def get(self, *, refresh: bool = False) -> Credentials:
-        """Credentials for the next attempt; ``refresh=True`` bypasses every cache."""
+    def get(self, *, refresh: bool = False, budget: float | None = None) -> Credentials:
+        """Credentials for the next attempt; ``refresh=True`` bypasses every cache.
+
+        ``budget`` is how many seconds the caller can wait (the invocation's time left for
+        connecting): a provider that makes network calls must finish or fail within it.
+        ``None``: no invocation deadline (the provider's own bounds apply).
+        """
         ...
 
     def describe(self) -> str:
@@ -106,7 +111,7 @@ class PasswordProvider:
     def __init__(self, settings: Settings) -> None:
         self._credentials = Credentials(user=settings.user, password=settings.password)
 
-    def get(self, *, refresh: bool = False) -> Credentials:
+    def get(self, *, refresh: bool = False, budget: float | None = None) -> Credentials:
         return self._credentials
 
     def describe(self) -> str:

@@ -116,7 +116,7 @@ class IamTokenProvider:
 
     # -- the CredentialProvider protocol ----------------------------------------------
 
-    def get(self, *, refresh: bool = False) -> Credentials:
+    def get(self, *, refresh: bool = False, budget: float | None = None) -> Credentials:
         """Credentials with a token that is valid for at least ``REFRESH_MARGIN`` seconds.
 
         Raises :class:`ConfigurationError` when no region or no AWS credentials can be

@@ -103,7 +103,7 @@ class SecretProvider:
 
     # -- the CredentialProvider protocol ----------------------------------------------
 
-    def get(self, *, refresh: bool = False) -> Credentials:
+    def get(self, *, refresh: bool = False, budget: float | None = None) -> Credentials:
         """The secret's login, from the cache unless it is older than ``secret_max_age``.
 
         Raises :class:`ConfigurationError` (naming ``DB_SECRET_ARN``) when the secret

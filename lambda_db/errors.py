@@ -9,6 +9,7 @@ and the cause is always chained (``raise ... from exc``)::
     └── DatabaseUnavailableError    no usable connection within the budget: retry later
         ├── ConnectionLimitError    the server, role or database was full (SQLSTATE 53300)
         └── ConnectionLostError     the connection died while the invocation used it
+            └── DeadlineExceededError   lambda-db cut it: no answer before the deadline
 
 ``DatabaseUnavailableError`` is the "try again later" family: an HTTP API maps it to
 ``503`` with ``Retry-After``. Messages name what failed, the limit or budget involved and
@@ -30,6 +31,7 @@ __all__ = [
     "ConnectionLimitError",
     "ConnectionLostError",
     "DatabaseUnavailableError",
+    "DeadlineExceededError",
     "LambdaDbError",
 ]
 
@@ -84,3 +86,21 @@ class ConnectionLostError(DatabaseUnavailableError):
     def __init__(self, message: str, *, outcome_unknown: bool = False, attempts: int = 0) -> None:
         super().__init__(message, attempts=attempts)
         self.outcome_unknown = outcome_unknown
+
+
+class DeadlineExceededError(ConnectionLostError):
+    """The database had not answered when the invocation's deadline came, so lambda-db cut
+    the connection (a black-holed network, a hung proxy, a statement that ran too long).
+
+    The invocation ends with this error before Lambda's own timeout, so the function can
+    still answer (an API: ``503``). Nothing is replayed; ``outcome_unknown`` is True only
+    when the cut fell on ``COMMIT``. ``deadline`` is the budget, in seconds, that the
+    invocation had for its statements.
+    """
+
+    def __init__(
+        self, message: str, *, outcome_unknown: bool = False, deadline: float | None = None
+    ) -> None:
+        super().__init__(message, outcome_unknown=outcome_unknown)
+        self.budget = deadline
+        self.deadline = deadline
