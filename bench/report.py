@@ -204,9 +204,9 @@ def render(r: Mapping[str, Any]) -> str:
             f"({warm['rounds']} rounds; {warm['calls_per_round']['get_connection']:,} "
             f"`get_connection()` calls and {warm['calls_per_round']['others']:,} of the others "
             "per round). A checkout is checkout plus checkin, each pool holding one "
-            "connection. The invocation scope is `with db.invocation(context):` with nothing "
-            "inside: the transaction-local guard rails (one `SELECT set_config(...)`) and "
-            "the `COMMIT`.",
+            "connection. The invocation scope is `with db.invocation(context):` around one "
+            "`get_connection()`: the checkout, the watchdog armed and disarmed, and nothing "
+            "sent (no statement ran, so psycopg2 sends neither `BEGIN` nor `COMMIT`).",
             "",
             *_table(
                 ["case", "median µs", "p99 of batches µs", "x get_connection()"],
@@ -225,23 +225,15 @@ def render(r: Mapping[str, Any]) -> str:
     wd = r.get("watchdog")
     if wd:
         lines += [
-            "## Watchdog (client-side deadline) per statement",
+            "## Watchdog (client-side deadline) per invocation",
             "",
-            "`SELECT 1` on an open connection, bare and inside `deadline_guard` (a psycopg2 "
-            "wait callback polling with the deadline). It covers lambda-db's own statements "
-            "(connect, ping, the invocation's first statement, COMMIT, ROLLBACK) always, "
-            "and the handler's with `DB_STATEMENT_GUARD=true`.",
+            "One `arm` and one `disarm` of the watchdog, which every invocation that uses the "
+            "database pays once (statements pay nothing: no wait callback), beside a "
+            "`SELECT 1` round trip for scale.",
             "",
             *_table(
-                ["bare µs", "guarded µs", "overhead µs", "overhead %"],
-                [
-                    [
-                        wd["statement_us"],
-                        wd["guarded_statement_us"],
-                        wd["overhead_us"],
-                        wd["overhead_pct"],
-                    ]
-                ],
+                ["SELECT 1 µs", "arm+disarm µs", "as % of SELECT 1"],
+                [[wd["statement_us"], wd["arm_disarm_us"], wd["overhead_pct"]]],
             ),
         ]
     imports = r.get("imports")
@@ -291,9 +283,8 @@ def render(r: Mapping[str, Any]) -> str:
             "Invocations back to back; the clock starts when the killed backend has exited "
             "(or when the restarted server accepts connections) and stops at the first "
             f"success. Medians of {rec['kills']} kills and {rec['restarts']} restarts. An "
-            "invocation inserts its row, reads it back and commits; lambda-db's carries one "
-            "more round trip (the transaction-local guard rails) and runs its statements "
-            "under the watchdog.",
+            "invocation inserts its row, reads it back and commits; lambda-db's runs under "
+            "the watchdog.",
             "",
             *_table(
                 [

@@ -3,8 +3,9 @@
 See the README for the design; the public API is this list.
 """
 
+from lambda_db._stats import Stats
 from lambda_db.config import Settings
-from lambda_db.database import Database, Stats
+from lambda_db.database import Database
 from lambda_db.errors import (
     AuthenticationError,
     ConfigurationError,

@@ -1,19 +1,27 @@
-"""What a psycopg2 error means for us: retry, refresh credentials, reconnect, or give up.
+"""What a driver error means for us: retry, refresh credentials, reconnect, or give up.
 
 The pool decides *when* to check; this module decides *what counts as* a full server,
 a disconnect or an authentication failure (SQLAlchemy's split between pool and
-dialect). SQLSTATE wins where psycopg2 has one (``exc.pgcode``); at connect time libpq
-usually gives only the message text, so the server's wordings are matched as a
-fallback. The wordings cover PostgreSQL 11-18 and RDS Proxy.
+dialect). It reads the driver-neutral :class:`~lambda_db._driver.ErrorInfo` a driver makes
+of its exception. SQLSTATE wins where there is one; at connect time libpq usually gives
+only the message text, so the server's wordings are matched as a fallback. The wordings
+cover PostgreSQL 11-18 and RDS Proxy.
 """
 
 from __future__ import annotations
 
 import enum
 
-import psycopg2
+from lambda_db._driver import Driver, ErrorInfo, get_driver
 
-__all__ = ["Failure", "classify_connect_error", "is_disconnect"]
+__all__ = [
+    "Failure",
+    "brief",
+    "classify",
+    "classify_connect_error",
+    "disconnected",
+    "is_disconnect",
+]
 
 
 class Failure(enum.Enum):
@@ -116,16 +124,15 @@ _CONFIG_WORDINGS = (
 )
 
 
-def classify_connect_error(exc: BaseException) -> Failure:
-    """Classify an exception raised by :func:`psycopg2.connect`.
+def classify(info: ErrorInfo | None) -> Failure:
+    """Classify what a driver said about a failed connect.
 
-    >>> classify_connect_error(psycopg2.OperationalError(
-    ...     'connection to server at "db" failed: FATAL:  too many connections for role "myapp"'))
+    >>> classify(ErrorInfo(None, 'FATAL:  too many connections for role "myapp"', True, False))
     <Failure.CONNECTION_LIMIT: 'connection limit reached'>
     """
-    if not isinstance(exc, psycopg2.Error):
+    if info is None:
         return Failure.OTHER
-    code = exc.pgcode
+    code = info.sqlstate
     if code == TOO_MANY_CONNECTIONS:
         return Failure.CONNECTION_LIMIT
     if code in (CANNOT_CONNECT_NOW, ADMIN_SHUTDOWN, CRASH_SHUTDOWN) or (code or "").startswith(
@@ -136,7 +143,7 @@ def classify_connect_error(exc: BaseException) -> Failure:
         return Failure.AUTHENTICATION
     if code == INVALID_CATALOG_NAME:
         return Failure.CONFIGURATION
-    message = str(exc).lower()
+    message = info.message.lower()
     # Order matters: a throttled IAM login reads "...authentication failed: too many
     # competing requests" and must wait, not refresh.
     for kind, wordings in (
@@ -150,28 +157,57 @@ def classify_connect_error(exc: BaseException) -> Failure:
             return kind
     if code == INVALID_AUTHORIZATION:
         return Failure.AUTHENTICATION
-    if isinstance(exc, psycopg2.OperationalError) and code is None:
+    if info.operational and code is None:
         return Failure.UNAVAILABLE  # libpq-level failure with no server verdict
     return Failure.OTHER
 
 
-def is_disconnect(exc: BaseException, conn: object | None = None) -> bool:
-    """True when ``exc`` means the connection is gone (so: reconnect, never retry it).
+def disconnected(info: ErrorInfo | None) -> bool:
+    """True when the error means the connection is gone (so: reconnect, never retry it).
 
-    ``conn.closed`` is psycopg2's own verdict after a failed operation; SQLSTATE class
-    08 and the shutdown codes (``57P01`` is what ``pg_terminate_backend`` sends) cover
-    the cases where the socket is still open.
+    SQLSTATE class 08 and the shutdown codes (``57P01`` is what ``pg_terminate_backend``
+    sends) cover the cases where the socket is still open; an operational error with no
+    SQLSTATE is libpq's own verdict on the link.
     """
-    if conn is not None and getattr(conn, "closed", False):
-        return True
-    if isinstance(exc, psycopg2.InterfaceError):
-        return True
-    if not isinstance(exc, psycopg2.Error):
+    if info is None:
         return False
-    code = exc.pgcode or ""
+    if info.closed:
+        return True
+    code = info.sqlstate or ""
     if code in _DISCONNECT_CODES or code.startswith("08"):
         return True
-    if isinstance(exc, psycopg2.OperationalError) and not code:
-        message = str(exc).lower()
+    if info.operational and not code:
+        message = info.message.lower()
         return any(w in message for w in _UNAVAILABLE_WORDINGS)
     return False
+
+
+def classify_connect_error(exc: BaseException, driver: Driver | None = None) -> Failure:
+    """Classify an exception raised while connecting (psycopg2's unless ``driver`` says).
+
+    >>> import psycopg2
+    >>> classify_connect_error(psycopg2.OperationalError(
+    ...     'connection to server at "db" failed: FATAL:  too many connections for role "myapp"'))
+    <Failure.CONNECTION_LIMIT: 'connection limit reached'>
+    """
+    return classify((driver or get_driver("psycopg2")).error_info(exc))
+
+
+def is_disconnect(
+    exc: BaseException, conn: object | None = None, driver: Driver | None = None
+) -> bool:
+    """True when ``exc`` (psycopg2's unless ``driver`` says) or ``conn`` shows the link is gone."""
+    driver = driver or get_driver("psycopg2")
+    if conn is not None and driver.closed(conn):
+        return True
+    return disconnected(driver.error_info(exc))
+
+
+def brief(exc: BaseException) -> str:
+    """The exception's type and first line, for a log line or a wrapping error's message.
+
+    >>> brief(ValueError("first" + chr(10) + "second"))
+    'ValueError: first'
+    """
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

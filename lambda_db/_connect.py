@@ -9,6 +9,11 @@
 * anything else: propagates unchanged.
 
 The first attempt never sleeps: replacing a connection the server killed is immediate.
+When the budget runs out, the error is :class:`ConnectionLimitError` if any attempt met a full
+server (the last one may have been cut short by the budget, which says nothing new).
+
+How to open one connection is the driver's business (:mod:`lambda_db._driver`); the
+connection parameters are libpq's, the same for every driver.
 """
 
 from __future__ import annotations
@@ -19,13 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import psycopg2
-import psycopg2.extensions
-
 from lambda_db._backoff import Backoff
-from lambda_db._classify import Failure, classify_connect_error
+from lambda_db._classify import Failure, classify
 from lambda_db._credentials import CredentialProvider, Credentials
-from lambda_db._watchdog import deadline_guard
+from lambda_db._driver import Driver
 from lambda_db.config import (
     ENCRYPTED_SSLMODES,
     ENV_ALLOW_INSECURE,
@@ -55,17 +57,27 @@ MIN_ATTEMPT = 0.05
 class ConnectResult(NamedTuple):
     """A new connection and what it took to get it."""
 
-    connection: psycopg2.extensions.connection
+    connection: Any
     attempts: int
     retries: int
     refreshed: bool
     seconds: float
 
 
+#: Seconds of TCP silence before the kernel gives up on the connection, outside an
+#: invocation's deadline (inside one, the watchdog cuts sooner): the same window as the
+#: keepalives below (30 s idle + 3 probes 10 s apart).
+TCP_USER_TIMEOUT = 60.0
+
+
 def connect_kwargs(
     settings: Settings, credentials: Credentials, *, remaining: float
 ) -> dict[str, Any]:
-    """The keyword arguments for :func:`psycopg2.connect` (the password travels only here).
+    """libpq's connection parameters (the password travels only here).
+
+    Nothing in them changes a session setting: ``options`` is sent empty, so that a
+    ``PGOPTIONS`` in the environment cannot add startup options (RDS Proxy rejects them,
+    and session settings would pin it); ``application_name`` is a plain startup parameter.
 
     Raises :class:`ConfigurationError` when a required value is missing or when a
     sensitive credential would cross a non-encrypted link to a remote host.
@@ -91,12 +103,15 @@ def connect_kwargs(
         "connect_timeout": max(
             _LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(min(settings.connect_timeout, remaining))
         ),
-        # Between invocations the environment is frozen and keepalives cannot run;
-        # they matter for long statements, where they notice a dead peer.
+        "options": "",
+        # Between invocations the environment is frozen and keepalives cannot run; they,
+        # and TCP_USER_TIMEOUT, bound waits on a dead peer outside an invocation (inside
+        # one, the watchdog does, at the invocation's deadline).
         "keepalives": 1,
         "keepalives_idle": 30,
         "keepalives_interval": 10,
         "keepalives_count": 3,
+        "tcp_user_timeout": int(TCP_USER_TIMEOUT * 1000),
     }
     if sslmode in ("verify-ca", "verify-full"):
         kwargs["sslrootcert"] = settings.sslrootcert or _default_ca_bundle()
@@ -132,12 +147,12 @@ def check_transport(settings: Settings, provider: CredentialProvider, host: str)
 def connect_with_retry(
     settings: Settings,
     provider: CredentialProvider,
+    driver: Driver,
     *,
     deadline: float,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     backoff: Backoff | None = None,
-    connect: Callable[..., psycopg2.extensions.connection] = psycopg2.connect,
 ) -> ConnectResult:
     """Open a connection before ``deadline`` (a ``clock()`` value), or raise a typed error."""
     backoff = backoff or Backoff()
@@ -145,6 +160,7 @@ def connect_with_retry(
     budget = max(0.0, deadline - start)
     attempts = retries = 0
     refresh = refreshed = False
+    full = 0  # attempts that met a full server, role or database
     if settings.host:  # refuse before minting a token or fetching a secret
         check_transport(settings, provider, settings.host)
     if budget <= 0:
@@ -163,14 +179,17 @@ def connect_with_retry(
         kwargs = connect_kwargs(settings, credentials, remaining=remaining)
         if not settings.host:  # the host came with the credentials: check it now
             check_transport(settings, provider, kwargs["host"])
-        # libpq counts connect_timeout in whole seconds (at least 2); the guard bounds
+        # libpq counts connect_timeout in whole seconds (at least 2); the driver bounds
         # the attempt exactly, by the smaller of connect_timeout and the budget left.
-        attempt_deadline = time.monotonic() + max(0.0, min(settings.connect_timeout, remaining))
         try:
-            with deadline_guard(attempt_deadline):
-                conn = connect(**kwargs)
-        except psycopg2.Error as exc:
-            failure = classify_connect_error(exc)
+            conn = driver.connect(
+                kwargs, timeout=max(0.0, min(settings.connect_timeout, remaining))
+            )
+        except Exception as exc:
+            info = driver.error_info(exc)
+            if info is None:
+                raise
+            failure = classify(info)
             where = f"{kwargs['host']}:{kwargs['port']}/{kwargs['dbname']} as {kwargs['user']!r}"
             reason = _first_line(exc)
             if failure is Failure.AUTHENTICATION:
@@ -194,26 +213,26 @@ def connect_with_retry(
                 ) from exc
             if failure not in (Failure.CONNECTION_LIMIT, Failure.UNAVAILABLE):
                 raise
+            full += failure is Failure.CONNECTION_LIMIT
             # A wait that would overshoot is clamped, so the last attempt still starts
             # inside the budget; give up only when too little is left to try at all.
             now = clock()
             wait = min(backoff.delay(retries), deadline - now - MIN_ATTEMPT)
             if wait < 0:
-                error = (
-                    ConnectionLimitError
-                    if failure is Failure.CONNECTION_LIMIT
-                    else DatabaseUnavailableError
-                )
-                raise error(
+                if full:
+                    raise ConnectionLimitError(
+                        f"could not connect to {where} within the {budget:.2f} s budget: the "
+                        f"connection limit was reached on {full} of {attempts} attempt(s) "
+                        f"(last error: {reason}). To free slots: "
+                        f"lower the functions' reserved concurrency, put RDS Proxy in front, "
+                        f"or find the holders with 'lambda-db doctor' run as another role "
+                        f"(one with pg_monitor)",
+                        attempts=attempts,
+                        budget=budget,
+                    ) from exc
+                raise DatabaseUnavailableError(
                     f"could not connect to {where}: {failure.value} on each of {attempts} "
-                    f"attempt(s) within the {budget:.2f} s budget (last error: {reason})"
-                    + (
-                        ". To free slots: lower the functions' reserved concurrency, put RDS "
-                        "Proxy in front, or find the holders with 'lambda-db doctor' run as "
-                        "another role (one with pg_monitor)"
-                        if failure is Failure.CONNECTION_LIMIT
-                        else ""
-                    ),
+                    f"attempt(s) within the {budget:.2f} s budget (last error: {reason})",
                     attempts=attempts,
                     budget=budget,
                 ) from exc

@@ -1,96 +1,118 @@
-"""A client-side deadline for statements: the answer to a silent network path.
+"""The client-side deadline: a timer that cuts a connection still waiting at the cutoff.
 
-``statement_timeout`` is enforced by the server, so it cannot help when the server's
-answer never arrives (a NAT that dropped the flow, a proxy that stopped forwarding):
-a blocking libpq call would wait until Lambda kills the whole environment. psycopg2
-lets a *wait callback* do the waiting (:func:`psycopg2.extensions.set_wait_callback`);
-ours polls the socket with the invocation's deadline and, when it passes, raises
-:class:`ClientDeadlineExceeded`. psycopg2 then marks the connection broken, and the
-invocation fails with a typed error inside its own deadline.
+``statement_timeout`` is enforced by the server, so it cannot help when the server's answer
+never arrives: a black-holed network (a NAT that forgot the flow), a hung proxy that
+acknowledges and never answers. Kernel timers do not close the gap either:
+``TCP_USER_TIMEOUT`` fires only while sent data is unacknowledged, and a statement waiting
+for its answer has nothing in flight; keepalives are acknowledged by a hung peer's kernel.
+Only the application knows its deadline.
 
-The callback is process-wide, so it is installed only while a guarded block runs (a
-count shared by all threads) and removed after the last one; it stands aside when
-another callback (for example psycogreen's) is already installed. Threads without a
-guard of their own wait without a deadline. lambda-db guards its own statements
-(connect, ping, the invocation's first statement, COMMIT, ROLLBACK); the handler's
-statements only with ``DB_STATEMENT_GUARD=true``, because while the callback is
-installed psycopg2 refuses ``COPY`` and large objects, and one connection cannot run
-statements from several threads at once. Cost: a few microseconds per statement
-(see BENCHMARKS.md).
+So during an invocation lambda-db *arms* this watchdog with the connection's
+:class:`~lambda_db._socket.Transport` and the invocation's cutoff. One daemon thread per
+process sleeps until the earliest armed cutoff; if that alarm is still armed then, it shuts
+the socket down. The statement blocked in libpq returns at once with an error, the
+invocation raises :class:`~lambda_db.errors.DeadlineExceededError`, and the function still
+answers before Lambda's timeout. No wait callback is involved, so ``COPY``, large objects and
+statements from several threads work as usual.
+
+Cost on the warm path: :meth:`Watchdog.arm` and :meth:`Watchdog.disarm` take a lock and
+touch a list. The thread is woken only when a new alarm is due *before* the time it already
+sleeps until; consecutive invocations arm later and later cutoffs, so the thread wakes about
+once per function timeout, not once per invocation. Between invocations nothing is armed:
+a frozen environment has nothing to fire.
+
+Example::
+
+    >>> import socket, time
+    >>> a, b = socket.socketpair()
+    >>> from lambda_db._socket import Transport
+    >>> dog = Watchdog()
+    >>> alarm = dog.arm(Transport(a.fileno()), time.monotonic() + 0.05)
+    >>> a.recv(1)                        # blocks until the watchdog shuts the socket down
+    b''
+    >>> dog.disarm(alarm)                # True: it fired
+    True
 """
 
 from __future__ import annotations
 
-import contextlib
-import select
+import os
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
-import psycopg2
-import psycopg2.extensions as ext
+from lambda_db._socket import Transport
 
-__all__ = ["ClientDeadlineExceeded", "deadline_guard"]
-
-_local = threading.local()
+__all__ = ["WATCHDOG", "Alarm", "Watchdog"]
 
 
-class ClientDeadlineExceeded(psycopg2.OperationalError):
-    """The server did not answer before the client-side deadline; the connection is dropped."""
+class Alarm:
+    """One armed deadline: the transport to cut and when (``time.monotonic()`` seconds)."""
+
+    __slots__ = ("at", "fired", "transport")
+
+    def __init__(self, transport: Transport, at: float) -> None:
+        self.transport = transport
+        self.at = at
+        self.fired = False
 
 
-def _wait(conn: Any) -> None:
-    deadline: float | None = getattr(_local, "deadline", None)
-    while True:
-        state = conn.poll()
-        if state == ext.POLL_OK:
-            return
-        if state == ext.POLL_READ:
-            events = select.POLLIN
-        elif state == ext.POLL_WRITE:
-            events = select.POLLOUT
-        else:  # pragma: no cover - psycopg2 raises before returning POLL_ERROR
-            raise psycopg2.OperationalError(f"unexpected poll state {state}")
-        poller = select.poll()
-        poller.register(conn.fileno(), events | select.POLLERR | select.POLLHUP)
-        if deadline is None:
-            poller.poll()
-            continue
-        remaining_ms = (deadline - time.monotonic()) * 1000.0
-        if remaining_ms <= 0 or not poller.poll(remaining_ms):
-            raise ClientDeadlineExceeded(
-                "no answer from the database server before the deadline "
-                "(the network path may be silent); the connection was dropped"
-            )
+class Watchdog:
+    """Cuts the transports of alarms that are still armed when their time comes."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._alarms: list[Alarm] = []
+        self._thread: threading.Thread | None = None
+        #: When the thread will wake up by itself (``None``: not until notified).
+        self._wakes_at: float | None = None
+
+    def arm(self, transport: Transport, at: float) -> Alarm:
+        """Cut ``transport`` at ``at`` (``time.monotonic()``) unless disarmed before."""
+        alarm = Alarm(transport, at)
+        with self._cond:
+            self._alarms.append(alarm)
+            if self._thread is None:
+                self._start()
+            elif self._wakes_at is None or at < self._wakes_at:
+                self._cond.notify()
+        return alarm
+
+    def disarm(self, alarm: Alarm) -> bool:
+        """Stop ``alarm``; True when it had already fired (the transport was cut)."""
+        with self._cond:
+            if not alarm.fired and alarm in self._alarms:
+                self._alarms.remove(alarm)
+            return alarm.fired
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._run, name="lambda-db-watchdog", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                due = [a for a in self._alarms if a.at <= now]
+                for alarm in due:
+                    alarm.fired = True
+                    self._alarms.remove(alarm)
+                    alarm.transport.shutdown()
+                if self._alarms:
+                    self._wakes_at = min(a.at for a in self._alarms)
+                    self._cond.wait(self._wakes_at - now)
+                else:
+                    self._wakes_at = None
+                    self._cond.wait()
+
+    def _after_fork(self) -> None:
+        """In a forked child the thread does not exist: start afresh."""
+        self._cond = threading.Condition(threading.Lock())
+        self._alarms = []
+        self._thread = None
+        self._wakes_at = None
 
 
-_install_lock = threading.Lock()
-_guards = 0  # guards active in any thread; the callback stays installed while > 0
-
-
-@contextlib.contextmanager
-def deadline_guard(deadline: float | None) -> Iterator[None]:
-    """Bound every libpq wait in this thread by ``deadline`` (a ``time.monotonic()`` value).
-
-    Re-entrant and safe across threads: the callback is installed by the first active
-    guard and removed by the last; each thread sees only its own deadline.
-    """
-    global _guards
-    if deadline is None or ext.get_wait_callback() not in (None, _wait):
-        yield
-        return
-    outer = getattr(_local, "deadline", None)
-    _local.deadline = deadline if outer is None else min(deadline, outer)
-    with _install_lock:
-        _guards += 1
-        if _guards == 1:
-            ext.set_wait_callback(_wait)
-    try:
-        yield
-    finally:
-        _local.deadline = outer
-        with _install_lock:
-            _guards -= 1
-            if _guards == 0 and ext.get_wait_callback() is _wait:
-                ext.set_wait_callback(None)
+#: The process's watchdog (one thread, started at the first alarm).
+WATCHDOG = Watchdog()
+os.register_at_fork(after_in_child=WATCHDOG._after_fork)

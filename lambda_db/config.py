@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Mapping
@@ -25,8 +26,12 @@ from lambda_db.errors import ConfigurationError
 
 __all__ = ["AuthMode", "Settings"]
 
+logger = logging.getLogger(__name__)
+
 AuthMode = Literal["password", "secret", "iam"]
 AUTH_MODES: tuple[AuthMode, ...] = ("password", "secret", "iam")
+#: DB-API drivers lambda-db can drive (``DB_DRIVER``).
+DRIVERS = ("psycopg2",)
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 #: sslmodes that encrypt for certain; anything weaker may send credentials in clear text.
 ENCRYPTED_SSLMODES = ("require", "verify-ca", "verify-full")
@@ -49,11 +54,20 @@ ENV_CONNECT_BUDGET = "DB_CONNECT_BUDGET"
 ENV_IDLE_PING_AFTER = "DB_IDLE_PING_AFTER"
 ENV_MAX_AGE = "DB_MAX_AGE"
 ENV_DEADLINE_MARGIN = "DB_DEADLINE_MARGIN"
-ENV_IDLE_IN_TRANSACTION_TIMEOUT = "DB_IDLE_IN_TRANSACTION_TIMEOUT"
+ENV_LOCAL_STATEMENT_TIMEOUT = "DB_LOCAL_STATEMENT_TIMEOUT"
+ENV_DRIVER = "DB_DRIVER"
 ENV_SECRET_MAX_AGE = "DB_SECRET_MAX_AGE"  # noqa: S105
 ENV_ALLOW_INSECURE = "DB_ALLOW_INSECURE_TRANSPORT"
-ENV_STATEMENT_GUARD = "DB_STATEMENT_GUARD"
 ENV_FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
+
+#: Variables of lambda-db 0.1 that no longer do anything, and what replaced them.
+REMOVED = {
+    "DB_STATEMENT_GUARD": "every statement is now bounded by the invocation's deadline",
+    "DB_IDLE_IN_TRANSACTION_TIMEOUT": (
+        "lambda-db no longer sends SET (it pins RDS Proxy): set it on the role instead, "
+        "ALTER ROLE <user> SET idle_in_transaction_session_timeout = '60s'"
+    ),
+}
 
 #: The deadline margin when DB_DEADLINE_MARGIN is unset (capped for short functions).
 DEFAULT_DEADLINE_MARGIN = 1.0
@@ -104,9 +118,10 @@ class Settings:
         "connect_timeout",
         "dbname",
         "deadline_margin",
+        "driver",
         "host",
-        "idle_in_transaction_timeout",
         "idle_ping_after",
+        "local_statement_timeout",
         "max_age",
         "password",
         "port",
@@ -115,7 +130,6 @@ class Settings:
         "secret_max_age",
         "sslmode",
         "sslrootcert",
-        "statement_guard",
         "user",
     )
 
@@ -141,14 +155,15 @@ class Settings:
     #: Time kept free before the Lambda deadline: retries and statement_timeout stop here.
     #: ``None`` (the default): 1 s, or a quarter of the time left when that is less.
     deadline_margin: float | None
-    #: ``idle_in_transaction_session_timeout`` set per transaction (``None``: server's).
-    idle_in_transaction_timeout: float | None
+    #: Opt-in: ``SET LOCAL statement_timeout`` to the time left, in each transaction. It
+    #: pins RDS Proxy: for direct connections only (role defaults are the pin-free way).
+    local_statement_timeout: bool
+    #: The DB-API driver (``psycopg2``).
+    driver: str
     #: How long a Secrets Manager value is cached.
     secret_max_age: float
     #: Allow credentials over a non-encrypted link to a non-loopback host.
     allow_insecure_transport: bool
-    #: Bound the handler's own statements client-side too (see the README's caveats).
-    statement_guard: bool
 
     def __init__(
         self,
@@ -169,10 +184,10 @@ class Settings:
         idle_ping_after: float = 2 * 60.0,
         max_age: float = 30 * 60.0,
         deadline_margin: float | None = None,
-        idle_in_transaction_timeout: float | None = None,
         secret_max_age: float = 5 * 60.0,
         allow_insecure_transport: bool = False,
-        statement_guard: bool = False,
+        local_statement_timeout: bool = False,
+        driver: str = "psycopg2",
     ) -> None:
         values = dict(locals())
         del values["self"]
@@ -210,6 +225,9 @@ class Settings:
         checked by :meth:`validate` at first use, so importing a handler never fails.
         """
         env = os.environ if environ is None else environ
+        for variable, instead in REMOVED.items():
+            if env.get(variable):
+                logger.warning("%s is no longer used and was ignored: %s", variable, instead)
         function = env.get(ENV_FUNCTION_NAME)
         values: dict[str, Any] = {
             "host": env.get(ENV_HOST, ""),
@@ -229,10 +247,10 @@ class Settings:
             "idle_ping_after": _float(env, ENV_IDLE_PING_AFTER, 2 * 60.0),
             "max_age": _float(env, ENV_MAX_AGE, 30 * 60.0),
             "deadline_margin": _optional_float(env, ENV_DEADLINE_MARGIN),
-            "idle_in_transaction_timeout": _optional_float(env, ENV_IDLE_IN_TRANSACTION_TIMEOUT),
             "secret_max_age": _float(env, ENV_SECRET_MAX_AGE, 5 * 60.0),
             "allow_insecure_transport": _bool(env, ENV_ALLOW_INSECURE),
-            "statement_guard": _bool(env, ENV_STATEMENT_GUARD),
+            "local_statement_timeout": _bool(env, ENV_LOCAL_STATEMENT_TIMEOUT),
+            "driver": (env.get(ENV_DRIVER) or "psycopg2").strip().lower(),
         }
         values.update(overrides)
         return cls(**values)
@@ -302,8 +320,8 @@ class Settings:
 _REPR_ORDER = (
     "host", "port", "dbname", "user", "auth_mode", "secret_arn", "sslmode", "sslrootcert",
     "region", "application_name", "connect_timeout", "connect_budget", "idle_ping_after",
-    "max_age", "deadline_margin", "idle_in_transaction_timeout", "secret_max_age",
-    "allow_insecure_transport", "statement_guard",
+    "max_age", "deadline_margin", "secret_max_age", "allow_insecure_transport",
+    "local_statement_timeout", "driver",
 )  # fmt: skip
 
 # (field, variable, smallest allowed, inclusive?)
@@ -314,8 +332,6 @@ _NUMBERS = (
     ("max_age", ENV_MAX_AGE, 0.0, True),
     ("deadline_margin", ENV_DEADLINE_MARGIN, 0.0, True),
     ("secret_max_age", ENV_SECRET_MAX_AGE, 0.0, True),
-    # PostgreSQL takes whole milliseconds and reads 0 as "no timeout".
-    ("idle_in_transaction_timeout", ENV_IDLE_IN_TRANSACTION_TIMEOUT, 0.001, True),
 )
 
 
@@ -325,6 +341,11 @@ def _validate(values: dict[str, Any]) -> None:
         raise ConfigurationError(
             f"{ENV_AUTH_MODE} must be one of {', '.join(AUTH_MODES)}, got {values['auth_mode']!r}",
             variable=ENV_AUTH_MODE,
+        )
+    if values["driver"] not in DRIVERS:
+        raise ConfigurationError(
+            f"{ENV_DRIVER} must be one of {', '.join(DRIVERS)}, got {values['driver']!r}",
+            variable=ENV_DRIVER,
         )
     if values["sslmode"] is not None and values["sslmode"] not in SSLMODES:
         raise ConfigurationError(
@@ -337,7 +358,7 @@ def _validate(values: dict[str, Any]) -> None:
         )
     for name, env, low, inclusive in _NUMBERS:
         value = values[name]
-        if value is None and name in ("idle_in_transaction_timeout", "deadline_margin"):
+        if value is None and name == "deadline_margin":
             continue
         ok = math.isfinite(value) and (value >= low if inclusive else value > low)
         if not ok:

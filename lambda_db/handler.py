@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+from lambda_db._invocation import check_options
 from lambda_db.database import Connection, Database
 
 __all__ = ["default_database", "get_connection", "reset", "with_connection"]
@@ -48,7 +49,7 @@ def get_connection() -> Connection:
     """The execution environment's healthy connection (opened or replaced as needed).
 
     Inside a ``@with_connection`` handler it is the invocation's connection, in the
-    invocation's transaction.
+    invocation's transaction, checked out at the first call.
 
     Example::
 
@@ -77,7 +78,8 @@ def with_connection(
     *,
     database: Database | None = None,
     inject: None = None,
-    isolation_level: str | int | None = None,
+    autocommit: bool = False,
+    isolation_level: str | None = None,
     readonly: bool | None = None,
     deferrable: bool | None = None,
 ) -> Callable[[Handler], Handler]: ...
@@ -88,7 +90,8 @@ def with_connection(
     *,
     database: Database | None = None,
     inject: str,
-    isolation_level: str | int | None = None,
+    autocommit: bool = False,
+    isolation_level: str | None = None,
     readonly: bool | None = None,
     deferrable: bool | None = None,
 ) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
@@ -100,21 +103,28 @@ def with_connection(
     *,
     database: Database | None = None,
     inject: str | None = None,
-    isolation_level: str | int | None = None,
+    autocommit: bool = False,
+    isolation_level: str | None = None,
     readonly: bool | None = None,
     deferrable: bool | None = None,
 ) -> Any:
-    """Scope each invocation's transaction: commit on return, roll back on raise.
+    """Scope each invocation: connect at first use, commit on return, roll back on raise.
 
     * ``database``: use this :class:`Database` instead of the default one (then call
       ``database.get_connection()``, or use ``inject``, inside the handler);
-    * ``inject``: pass the connection to the handler as this keyword argument;
+    * ``inject``: pass the connection to the handler as this keyword argument. The handler
+      asked for it, so it is checked out when the invocation starts; with
+      ``get_connection()`` it is checked out at the first call, and an invocation that
+      never calls it never touches the database;
+    * ``autocommit=True``: no transaction (no ``BEGIN``, no ``COMMIT``), for
+      single-statement reads;
     * ``isolation_level`` (``"SERIALIZABLE"``, ``"REPEATABLE READ"``, ...), ``readonly``,
       ``deferrable``: for each invocation's transaction (sent with ``BEGIN``; no session
       ``SET``, so no RDS Proxy pinning).
 
-    The connect budget and the transaction-local ``statement_timeout`` come from
-    ``context.get_remaining_time_in_millis()`` minus ``DB_DEADLINE_MARGIN``.
+    Every database wait ends before the function's timeout (``context``'s time left minus
+    ``DB_DEADLINE_MARGIN``): connect retries stop at the margin, and a statement still
+    waiting at half the margin is cut (:class:`~lambda_db.DeadlineExceededError`).
 
     Example::
 
@@ -123,6 +133,7 @@ def with_connection(
         def handler(event, context, conn):
             ...
     """
+    check_options(autocommit, isolation_level, readonly, deferrable)  # at decoration time
 
     def decorate(func: Handler) -> Handler:
         @functools.wraps(func)
@@ -130,12 +141,13 @@ def with_connection(
             db = database if database is not None else default_database()
             with db.invocation(
                 context,
+                autocommit=autocommit,
                 isolation_level=isolation_level,
                 readonly=readonly,
                 deferrable=deferrable,
-            ) as conn:
+            ) as scope:
                 if inject is not None:
-                    kwargs[inject] = conn
+                    kwargs[inject] = scope.connection
                 return func(event, context, *args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

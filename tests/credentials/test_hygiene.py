@@ -58,7 +58,8 @@ def test_iam_mode_logs_and_errors_hold_no_token(
     db = lambda_db.Database(settings, provider=provider)
     needles = _secret_parts(token)
     try:
-        with db.invocation() as conn:
+        with db.invocation() as scope:
+            conn = scope.connection
             kill_backends(app_db, conn)
         aws_time.advance(30)
         set_role_password(app_db, "no-token-will-match")
@@ -93,8 +94,8 @@ def test_secret_mode_logs_and_errors_hold_no_password(
     logged: list[logging.LogRecord] = []
     caplog.clear()
     try:
-        with db.invocation() as conn:
-            pass
+        with db.invocation() as scope:
+            conn = scope.connection
         logged += caplog.records
         pg.execute(
             sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(app_db.role)),

@@ -76,7 +76,8 @@ def test_iam_login_over_verify_full_and_token_expiry(
     provider = IamTokenProvider(settings, clock=clock)
     db = lambda_db.Database(settings, provider=provider)
     try:
-        with db.invocation() as conn:
+        with db.invocation() as scope:
+            conn = scope.connection
             assert current_user(conn) == app_db.role
             first = conn
         assert provider.minted == 1
@@ -87,7 +88,8 @@ def test_iam_login_over_verify_full_and_token_expiry(
         # it is kept, and no token is minted on the warm path.
         clock.advance(16 * 60)
         aws_time.advance(16 * 60)
-        with db.invocation() as conn:
+        with db.invocation() as scope:
+            conn = scope.connection
             assert conn is first
             assert current_user(conn) == app_db.role
         assert db.stats.connects == 1
@@ -98,7 +100,8 @@ def test_iam_login_over_verify_full_and_token_expiry(
         assert new_token != token
         set_role_password(app_db, new_token)
         kill_backends(app_db, first)
-        with db.invocation() as conn:
+        with db.invocation() as scope:
+            conn = scope.connection
             assert conn is not first
             assert current_user(conn) == app_db.role
         assert db.stats.connects == 2
@@ -124,7 +127,8 @@ def test_refused_token_is_replaced_once(
 
     db = lambda_db.Database(settings, provider=provider)
     try:
-        with db.invocation() as conn:
+        with db.invocation() as scope:
+            conn = scope.connection
             assert current_user(conn) == app_db.role
         assert provider.minted == 2
         assert db.stats.auth_refreshes == 1

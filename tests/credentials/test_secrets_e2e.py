@@ -57,7 +57,7 @@ def secret_db(app_db: AppDb, pg: LocalPostgres, secretsmanager: Any) -> Any:
 
 
 def _whoami(db: lambda_db.Database) -> str:
-    with db.invocation() as conn, conn.cursor() as cur:
+    with db.invocation() as scope, scope.connection.cursor() as cur:
         cur.execute("SELECT current_user")
         row = cur.fetchone()
         assert row is not None

@@ -1,7 +1,7 @@
 """TLS by default: no token or secret-derived password crosses a clear-text link to a remote host.
 
-``connect_with_retry`` takes the ``connect`` callable; here it is one that fails the test if
-it is ever called, so "refused" means refused before anything reached the network.
+``connect_with_retry`` takes the driver; here its ``connect`` is one that fails the test if it
+is ever called, so "refused" means refused before anything reached the network.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 from lambda_db._connect import connect_with_retry
 from lambda_db._credentials import CredentialProvider, PasswordProvider
 from lambda_db._iam import IamTokenProvider
+from lambda_db._psycopg2 import Psycopg2Driver
 from lambda_db._secrets import SecretProvider
 from lambda_db.config import Settings
 from lambda_db.errors import ConfigurationError
@@ -45,9 +46,19 @@ def must_not_connect(**kwargs: Any) -> Any:
     pytest.fail(f"a connection was attempted to {kwargs.get('host')} with {kwargs.get('sslmode')}")
 
 
+class _Driver(Psycopg2Driver):
+    """psycopg2's driver with ``connect`` replaced by the test's callable."""
+
+    def __init__(self, connect: Any) -> None:
+        self._connect = connect
+
+    def connect(self, params: dict[str, Any], *, timeout: float) -> Any:
+        return self._connect(**params)
+
+
 def _connect(settings: Settings, provider: CredentialProvider, connect: Any) -> Any:
     return connect_with_retry(
-        settings, provider, deadline=time.monotonic() + 5, sleep=lambda _: None, connect=connect
+        settings, provider, _Driver(connect), deadline=time.monotonic() + 5, sleep=lambda _: None
     )
 
 

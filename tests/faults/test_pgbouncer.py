@@ -1,10 +1,10 @@
 """Through pgBouncer in transaction mode: correct results, and no session state leaks.
 
 In transaction mode one server session serves many clients, one transaction at a time,
-so anything session-level one client sets is seen by the next. lambda-db's guard rails
-(``statement_timeout``, ``idle_in_transaction_session_timeout``) are transaction-local:
-with a pool of one server connection, a second client on the very same server session
-must see the server's defaults.
+so anything session-level one client sets is seen by the next. By default lambda-db sets
+nothing at all; its opt-in ``DB_LOCAL_STATEMENT_TIMEOUT`` is transaction-local: with a pool
+of one server connection, a second client on the very same server session must see the
+server's defaults.
 """
 
 from __future__ import annotations
@@ -56,12 +56,13 @@ def pool_of_one(ledger_db: AppDb) -> Iterator[PgBouncer]:
         yield pb
 
 
-def test_guard_rails_do_not_leak_to_the_next_client(
+@pytest.mark.pins("the opt-in DB_LOCAL_STATEMENT_TIMEOUT sends SET LOCAL by design")
+def test_the_opt_in_statement_timeout_does_not_leak_to_the_next_client(
     ledger_db: AppDb, pool_of_one: PgBouncer
 ) -> None:
     pb = pool_of_one
     settings = ledger_db.settings.replace(
-        host=pb.host, port=pb.port, idle_in_transaction_timeout=7.0, application_name="ours"
+        host=pb.host, port=pb.port, local_statement_timeout=True, application_name="ours"
     )
     db = Database(settings)
     seen: dict[str, Any] = {}
@@ -75,10 +76,10 @@ def test_guard_rails_do_not_leak_to_the_next_client(
         theirs = show(cur)
     other.close()
 
-    # Inside our invocation the guard rails were in force...
+    # Inside our invocation the opt-in timeout was in force...
     assert seen["statement_timeout"].endswith("ms")
     assert 0 < int(seen["statement_timeout"][:-2]) <= 4000
-    assert seen["idle_in_transaction_session_timeout"] == "7s"
+    assert seen["idle_in_transaction_session_timeout"] == "0"
     assert seen["application_name"] == "ours"
     # ...and the next client, on the very same server session, sees the defaults.
     assert theirs == {
@@ -91,6 +92,7 @@ def test_guard_rails_do_not_leak_to_the_next_client(
     db.close()
 
 
+@pytest.mark.pins("the control: a session SET through the pooler, to show it leaks")
 def test_control_a_session_level_set_does_leak(ledger_db: AppDb, pool_of_one: PgBouncer) -> None:
     """The method can see a leak: a plain session ``SET`` reaches the next client."""
     first, second = (

@@ -8,6 +8,9 @@ import pytest
 
 import lambda_db
 from lambda_db import Database
+from lambda_db._deadline import Deadline
+from lambda_db.database import TRACE_ID
+from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb, FakeClock
 
 
@@ -94,20 +97,69 @@ def test_closed_connection_is_replaced(app_db: AppDb) -> None:
     db.close()
 
 
-def test_leftover_transaction_rolled_back_with_warning(
-    app_db: AppDb, caplog: pytest.LogCaptureFixture
+def test_leftover_of_an_earlier_invocation_is_rolled_back_with_a_warning(
+    app_db: AppDb, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app_db.query(f"CREATE TABLE t (id int); GRANT ALL ON t TO {app_db.role}")
     db = Database(app_db.settings)
+    monkeypatch.setenv(TRACE_ID, "Root=1-00000001-aaaaaaaaaaaaaaaaaaaaaaaa")
     conn = db.get_connection()
     with conn.cursor() as cur:
-        cur.execute("INSERT INTO t VALUES (1)")  # no commit: an earlier caller forgot
+        cur.execute("INSERT INTO t VALUES (1)")  # no commit: this invocation forgot
+    monkeypatch.setenv(TRACE_ID, "Root=1-00000002-bbbbbbbbbbbbbbbbbbbbbbbb")  # the next one
     with caplog.at_level(logging.WARNING, logger="lambda_db"):
         assert db.get_connection() is conn
-    assert "rolling back a transaction left open" in caplog.text
+    assert "rolling back a transaction an earlier invocation left open" in caplog.text
     assert db.stats.leftover_rollbacks == 1
     assert app_db.query("SELECT count(*) FROM t") == [(0,)]
     assert app_db.backends("idle in transaction") == []
+    db.close()
+
+
+def test_calls_in_one_invocation_share_its_transaction(
+    app_db: AppDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside @with_connection, calling get_connection() twice loses nothing (0.1's trap)."""
+    app_db.query(f"CREATE TABLE t (id int); GRANT ALL ON t TO {app_db.role}")
+    db = Database(app_db.settings)
+    monkeypatch.setenv(TRACE_ID, "Root=1-00000001-aaaaaaaaaaaaaaaaaaaaaaaa")
+    with db.get_connection().cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (1)")
+    with db.get_connection().cursor() as cur:  # a helper deeper in the same handler
+        cur.execute("INSERT INTO t VALUES (2)")
+    db.get_connection().commit()
+    assert app_db.query("SELECT count(*) FROM t") == [(2,)]
+    assert db.stats.leftover_rollbacks == 0
+    db.close()
+
+
+def test_outside_lambda_the_process_is_one_invocation(
+    app_db: AppDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(TRACE_ID, raising=False)
+    app_db.query(f"CREATE TABLE t (id int); GRANT ALL ON t TO {app_db.role}")
+    db = Database(app_db.settings)
+    with db.get_connection().cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (1)")
+    conn = db.get_connection()  # a script's second call: its transaction is its own
+    assert conn.info.transaction_status == 2  # still in the transaction
+    conn.commit()
+    assert app_db.query("SELECT count(*) FROM t") == [(1,)]
+    assert db.stats.leftover_rollbacks == 0
+    db.close()
+
+
+def test_a_scope_always_starts_clean(app_db: AppDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transaction left open outside any scope (at init, say) never leaks into one."""
+    monkeypatch.delenv(TRACE_ID, raising=False)
+    app_db.query(f"CREATE TABLE t (id int); GRANT ALL ON t TO {app_db.role}")
+    db = Database(app_db.settings)
+    with db.get_connection().cursor() as cur:
+        cur.execute("INSERT INTO t VALUES (1)")
+    with db.invocation(LambdaContext()), db.get_connection().cursor() as cur:
+        cur.execute("SELECT count(*) FROM t")
+        assert cur.fetchone() == (0,)
+    assert db.stats.leftover_rollbacks == 1
     db.close()
 
 
@@ -133,11 +185,14 @@ def test_configuration_error_at_first_use_names_the_variable(
     monkeypatch.setenv("DB_PASSWORD", "pw")
 
     @lambda_db.with_connection  # decorating reads nothing
-    def handler(event: object, context: object) -> None:
-        return None
+    def handler(event: dict[str, bool], context: object) -> str:
+        if event.get("use"):
+            lambda_db.get_connection()
+        return "no database needed"
 
+    assert handler({}, None) == "no database needed"  # an invocation that never uses it
     with pytest.raises(lambda_db.ConfigurationError) as info:
-        handler({}, None)
+        handler({"use": True}, None)
     assert info.value.variable == "DB_HOST"
     assert "DB_HOST" in str(info.value)
 
@@ -189,6 +244,7 @@ def test_no_budget_left_skips_the_ping_and_keeps_the_connection(
     db = make_db(app_db, clock, idle_ping_after=60.0)
     conn = db.get_connection()
     clock.advance(120.0)
-    assert db.get_connection(deadline=clock()) is conn  # no time to ping: not thrown away
+    spent = Deadline(clock=clock, started=clock(), end=clock(), margin=0.0, connect_budget=0.0)
+    assert db.acquire(spent, fresh=True) is conn  # no time to ping: not thrown away
     assert (db.stats.pings, db.stats.health_check_failures) == (0, 0)
     db.close()

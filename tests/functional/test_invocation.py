@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,6 +20,7 @@ import lambda_db
 from lambda_db import Database, _snapstart, with_connection
 from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
+from tests.support.wait import wait_for
 
 
 @pytest.fixture
@@ -142,7 +144,59 @@ def test_server_restarted_between_invocations(env_db: AppDb) -> None:
     assert env_db.query("SELECT count(*) FROM items") == [(2,)]
 
 
-def test_statement_timeout_is_transaction_local(env_db: AppDb) -> None:
+def test_a_runaway_statement_is_cut_at_the_deadline_by_default(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: object, context: object) -> None:
+        insert("runaway")
+        with lambda_db.get_connection().cursor() as cur:
+            cur.execute("SELECT pg_sleep(10)")
+
+    started = time.monotonic()
+    with pytest.raises(lambda_db.DeadlineExceededError) as info:
+        handler({}, LambdaContext(timeout=1.5))
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5  # before the function's timeout: at 1.5 s less half the margin
+    assert not info.value.outcome_unknown
+    assert "nothing was committed" in str(info.value)
+    assert isinstance(info.value.__cause__, psycopg2.OperationalError)
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+    stats = lambda_db.default_database().stats
+    assert (stats.deadlines_exceeded, stats.connections_lost) == (1, 1)
+
+    # The next invocation reconnects and succeeds.
+    @with_connection
+    def ok(event: object, context: object) -> str:
+        insert("next")
+        return "ok"
+
+    assert ok({}, LambdaContext()) == "ok"
+    assert env_db.query("SELECT id FROM items") == [("next",)]
+
+
+def test_no_commit_after_the_deadline(env_db: AppDb) -> None:
+    @with_connection
+    def handler(event: object, context: object) -> str:
+        insert("late")
+        time.sleep(1.4)  # the handler's own work runs past the cutoff (1.3125 s)
+        return "too late"
+
+    with pytest.raises(lambda_db.DeadlineExceededError) as info:
+        handler({}, LambdaContext(timeout=1.5))
+    assert not info.value.outcome_unknown  # no COMMIT was sent: a known outcome
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+    wait_for(lambda: env_db.backends() == [], "the cut session to end")
+
+
+@pytest.fixture
+def local_timeout(env_db: AppDb, monkeypatch: pytest.MonkeyPatch) -> AppDb:
+    """The opt-in per-invocation statement_timeout (direct connections only: it pins)."""
+    monkeypatch.setenv("DB_LOCAL_STATEMENT_TIMEOUT", "true")
+    lambda_db.reset()
+    return env_db
+
+
+@pytest.mark.pins("the opt-in DB_LOCAL_STATEMENT_TIMEOUT sends SET LOCAL by design")
+def test_opt_in_statement_timeout_is_transaction_local(local_timeout: AppDb) -> None:
     @with_connection(inject="conn")
     def handler(event: object, context: object, conn: Any) -> str:
         with conn.cursor() as cur:
@@ -161,33 +215,20 @@ def test_statement_timeout_is_transaction_local(env_db: AppDb) -> None:
     conn.rollback()
 
 
-def test_statement_timeout_cancels_a_runaway_statement(env_db: AppDb) -> None:
+@pytest.mark.pins("the opt-in DB_LOCAL_STATEMENT_TIMEOUT sends SET LOCAL by design")
+def test_opt_in_statement_timeout_cancels_a_runaway_statement_server_side(
+    local_timeout: AppDb,
+) -> None:
     @with_connection
     def handler(event: object, context: object) -> None:
         with lambda_db.get_connection().cursor() as cur:
             cur.execute("SELECT pg_sleep(10)")
 
-    with pytest.raises(psycopg2.errors.QueryCanceled):
+    with pytest.raises(psycopg2.errors.QueryCanceled):  # the server's, before the watchdog
         handler({}, LambdaContext(timeout=1.5))
-    assert env_db.backends("idle in transaction") == []
-    assert lambda_db.default_database().stats.connects == 1  # the connection survived
-
-
-def test_idle_in_transaction_timeout_is_set_per_transaction(
-    env_db: AppDb, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("DB_IDLE_IN_TRANSACTION_TIMEOUT", "7")
-    lambda_db.reset()
-
-    @with_connection(inject="conn")
-    def handler(event: object, context: object, conn: Any) -> str:
-        with conn.cursor() as cur:
-            cur.execute("SHOW idle_in_transaction_session_timeout")
-            row = cur.fetchone()
-            assert row is not None
-            return str(row[0])
-
-    assert handler({}, LambdaContext()) == "7s"
+    assert local_timeout.backends("idle in transaction") == []
+    stats = lambda_db.default_database().stats
+    assert (stats.connects, stats.deadlines_exceeded) == (1, 0)  # the connection survived
 
 
 def test_no_password_in_debug_logs_errors_or_reprs(
@@ -195,7 +236,7 @@ def test_no_password_in_debug_logs_errors_or_reprs(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     db = Database(app_db.settings, sleep=lambda s: None)
-    with db.invocation(LambdaContext()) as conn, conn.cursor() as cur:
+    with db.invocation(LambdaContext()) as scope, scope.connection.cursor() as cur:
         cur.execute("SELECT 1")
     app_db.terminate_all()
     db.get_connection()
@@ -391,24 +432,27 @@ def test_isolation_level_and_readonly_apply_to_that_transaction_only(env_db: App
     assert lambda_db.default_database().stats.connects == 1
 
 
-def test_tcp_user_timeout_follows_the_invocations_deadline(env_db: AppDb) -> None:
+def test_kernel_bounds_a_dead_peer_outside_invocations(env_db: AppDb) -> None:
+    """Outside a scope there is no deadline to enforce: keepalives and TCP_USER_TIMEOUT
+    (set once, at connect: no per-invocation system call) end waits on a dead peer."""
     import socket
 
-    @with_connection(inject="conn")
-    def handler(event: object, context: object, conn: Any) -> int:
-        sock = socket.socket(fileno=os.dup(conn.fileno()))
-        try:
-            return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
-        finally:
-            sock.close()
-
-    timeout_ms = handler({}, LambdaContext(timeout=4))
-    assert 2500 < timeout_ms <= 3500  # 4 s less half the 1 s margin
+    conn = lambda_db.get_connection()
+    sock = socket.socket(fileno=os.dup(conn.fileno()))
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 60_000
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+    finally:
+        sock.close()
 
 
-def test_statement_timeout_counts_from_after_the_wait_for_a_slot(env_db: AppDb) -> None:
-    env_db.query(f"ALTER ROLE {env_db.role} CONNECTION LIMIT 1")
-    blocker = env_db.connect()
+@pytest.mark.pins("the opt-in DB_LOCAL_STATEMENT_TIMEOUT sends SET LOCAL by design")
+def test_opt_in_statement_timeout_counts_from_after_the_wait_for_a_slot(
+    local_timeout: AppDb,
+) -> None:
+    local_timeout.query(f"ALTER ROLE {local_timeout.role} CONNECTION LIMIT 1")
+    blocker = local_timeout.connect()
     threading.Timer(1.5, blocker.close).start()
 
     @with_connection(inject="conn")

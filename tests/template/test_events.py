@@ -5,6 +5,7 @@ server), asserting status, body, and that no request leaves a connection behind.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -42,13 +43,22 @@ def item_count(app_db: AppDb) -> int:
     return count
 
 
-def assert_no_leak(app_db: AppDb, application: str = ITEMS_APP) -> None:
-    """The function keeps exactly its one connection, idle, never idle in transaction."""
+#: Statuses the items API answers before it needs the database: a malformed request gets
+#: its answer without a connection (and even when the database is down).
+NO_DATABASE = (400, 413)
+
+
+def assert_no_leak(
+    app_db: AppDb, application: str = ITEMS_APP, response: dict[str, Any] | None = None
+) -> None:
+    """The function keeps at most its one connection, idle, never idle in transaction; a
+    request refused before it needed the database (``response``) opened none at all."""
     rows = app_db.query(
         "SELECT state FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
         (app_db.name, application),
     )
-    assert [state for (state,) in rows] == ["idle"], rows
+    untouched = response is not None and response["statusCode"] in NO_DATABASE
+    assert [state for (state,) in rows] == ([] if untouched else ["idle"]), rows
 
 
 @pytest.fixture
@@ -156,7 +166,7 @@ def test_items_event(name: str, seeded: None, run: Run, app_db: AppDb) -> None:
     check, items_after = ITEMS_EVENTS[name]
     response = run(name, close_connections=False)
     check(response)
-    assert_no_leak(app_db)
+    assert_no_leak(app_db, response=response)
     assert item_count(app_db) == items_after
 
 
@@ -188,13 +198,22 @@ def test_tampered_tokens_are_400(token: str, seeded: None, run: Run, app_db: App
     response = run("items-list.json", event=event, close_connections=False)
     assert response["statusCode"] == 400
     assert "next_token" in message(response)
-    assert_no_leak(app_db)
+    assert_no_leak(app_db, response=response)
 
 
 def test_deleted_item_is_gone(seeded: None, run: Run) -> None:
     assert run("items-delete.json")["statusCode"] == 204
     assert run("items-get.json")["statusCode"] == 404
     assert run("items-delete.json")["statusCode"] == 404
+
+
+def test_a_malformed_request_gets_its_400_when_the_database_is_down(run: Run) -> None:
+    """No database is needed to refuse bad input: nothing listens at DB_PORT here."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    response = run("items-create-malformed.json", environ={"DB_PORT": str(port)})
+    client_error(400, "not valid JSON")(response)
 
 
 def test_unknown_route_is_404_json(seeded: None, run: Run) -> None:
@@ -320,7 +339,7 @@ def test_hostile_bodies_are_400_not_500(
     response = run("items-create.json", event=event, close_connections=False)
     client_error(status, *words)(response)
     assert item_count(app_db) == 3
-    assert_no_leak(app_db)
+    assert_no_leak(app_db, response=response)
 
 
 def test_a_limit_with_thousands_of_digits_is_400(seeded: None, run: Run, app_db: AppDb) -> None:
@@ -328,4 +347,4 @@ def test_a_limit_with_thousands_of_digits_is_400(seeded: None, run: Run, app_db:
     event["queryStringParameters"] = {"limit": "9" * 5000}
     response = run("items-list.json", event=event, close_connections=False)
     client_error(400, "limit")(response)
-    assert_no_leak(app_db)
+    assert_no_leak(app_db, response=response)

@@ -19,10 +19,10 @@ def test_defaults_are_pinned() -> None:
     assert s.max_age == 1800.0
     assert s.deadline_margin is None  # auto: 1 s, at most a quarter of the time left
     assert (s.margin_for(None), s.margin_for(10.0), s.margin_for(1.0)) == (1.0, 1.0, 0.25)
-    assert s.idle_in_transaction_timeout is None
     assert s.secret_max_age == 300.0
     assert s.allow_insecure_transport is False
-    assert s.statement_guard is False
+    assert s.local_statement_timeout is False  # pin-free by default
+    assert s.driver == "psycopg2"
     assert s.effective_sslmode() == "verify-full"
 
 
@@ -42,10 +42,10 @@ def test_every_variable_is_read() -> None:
         "DB_IDLE_PING_AFTER": "60",
         "DB_MAX_AGE": "0",
         "DB_DEADLINE_MARGIN": "0.5",
-        "DB_IDLE_IN_TRANSACTION_TIMEOUT": "30",
         "DB_SECRET_MAX_AGE": "60",
         "DB_ALLOW_INSECURE_TRANSPORT": "true",
-        "DB_STATEMENT_GUARD": "on",
+        "DB_LOCAL_STATEMENT_TIMEOUT": "on",
+        "DB_DRIVER": "psycopg2",
     }
     s = Settings.from_env(env)
     assert s.port == 6432
@@ -53,9 +53,19 @@ def test_every_variable_is_read() -> None:
     assert s.region == "eu-west-1"
     assert (s.sslmode, s.sslrootcert, s.application_name) == ("require", "/opt/ca.pem", "orders")
     assert (s.connect_timeout, s.connect_budget, s.idle_ping_after) == (3.0, 4.5, 60.0)
-    assert (s.max_age, s.deadline_margin, s.idle_in_transaction_timeout) == (0.0, 0.5, 30.0)
+    assert (s.max_age, s.deadline_margin) == (0.0, 0.5)
     assert s.secret_max_age == 60.0
     assert s.allow_insecure_transport is True
+    assert s.local_statement_timeout is True
+
+
+@pytest.mark.parametrize("variable", ["DB_STATEMENT_GUARD", "DB_IDLE_IN_TRANSACTION_TIMEOUT"])
+def test_removed_variables_are_ignored_with_a_warning(
+    variable: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = Settings.from_env({**BASE, variable: "30"})
+    assert s == Settings.from_env(BASE)
+    assert any(variable in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
 
 
 def test_application_name_follows_the_function() -> None:
@@ -78,6 +88,8 @@ def test_region_falls_back_to_aws_region() -> None:
         ("DB_CONNECT_TIMEOUT", "0"),
         ("DB_MAX_AGE", "-1"),
         ("DB_ALLOW_INSECURE_TRANSPORT", "maybe"),
+        ("DB_LOCAL_STATEMENT_TIMEOUT", "sometimes"),
+        ("DB_DRIVER", "asyncpg"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
@@ -130,8 +142,6 @@ def test_settings_are_immutable_values() -> None:
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
-        ("DB_IDLE_IN_TRANSACTION_TIMEOUT", "-5"),
-        ("DB_IDLE_IN_TRANSACTION_TIMEOUT", "0.0001"),  # would round to 0 ms: "no timeout"
         ("DB_CONNECT_BUDGET", "nan"),
         ("DB_IDLE_PING_AFTER", "inf"),
         ("DB_DEADLINE_MARGIN", "-1"),

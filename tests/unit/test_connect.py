@@ -12,6 +12,7 @@ from lambda_db import ConfigurationError, ConnectionLimitError, DatabaseUnavaila
 from lambda_db._backoff import Backoff
 from lambda_db._connect import connect_kwargs, connect_with_retry
 from lambda_db._credentials import Credentials, PasswordProvider
+from lambda_db._psycopg2 import Psycopg2Driver
 from tests.conftest import FakeClock
 
 SETTINGS = Settings(host="127.0.0.1", dbname="app", user="app", password="pw")
@@ -21,18 +22,20 @@ FULL = (
 )
 
 
-class Refusing:
-    """A ``connect`` that fails ``failures`` times with ``message``, then returns a sentinel."""
+class Refusing(Psycopg2Driver):
+    """psycopg2's driver whose ``connect`` fails with ``messages`` (the last one repeating,
+    ``failures`` times in all), then returns a sentinel."""
 
-    def __init__(self, message: str, failures: int = 10**6) -> None:
-        self.message = message
+    def __init__(self, *messages: str, failures: int = 10**6) -> None:
+        self.messages = messages
         self.failures = failures
         self.calls: list[dict[str, Any]] = []
 
-    def __call__(self, **kwargs: Any) -> Any:
-        self.calls.append(kwargs)
+    def connect(self, params: dict[str, Any], *, timeout: float) -> Any:
+        self.calls.append(params)
         if len(self.calls) <= self.failures:
-            raise psycopg2.OperationalError(self.message)
+            message = self.messages[min(len(self.calls), len(self.messages)) - 1]
+            raise psycopg2.OperationalError(message)
         return "connection"
 
 
@@ -43,11 +46,11 @@ def run(connect: Refusing, clock: FakeClock, budget: float) -> Any:
     return connect_with_retry(
         SETTINGS,
         PasswordProvider(SETTINGS),
+        connect,
         deadline=clock() + budget,
         clock=clock,
         sleep=sleep,
         backoff=Backoff(rng=random.Random(3)),
-        connect=connect,
     )
 
 
@@ -59,6 +62,22 @@ def test_no_attempt_starts_after_the_deadline(clock: FakeClock) -> None:
     assert clock() - start < 5.0
     assert info.value.attempts == len(connect.calls) > 5
     assert info.value.budget == 5.0
+
+
+def test_a_full_server_is_named_even_when_the_last_attempt_timed_out(clock: FakeClock) -> None:
+    """The last attempt, clamped to what was left, may time out: the server was still full."""
+    connect = Refusing(FULL, FULL, "timeout expired")
+    with pytest.raises(ConnectionLimitError) as info:
+        run(connect, clock, budget=5.0)
+    assert "connection limit was reached on 2 of" in str(info.value)
+    assert "timeout expired" in str(info.value)
+
+
+def test_unreachable_without_a_full_server_is_not_a_limit(clock: FakeClock) -> None:
+    connect = Refusing("timeout expired")
+    with pytest.raises(DatabaseUnavailableError) as info:
+        run(connect, clock, budget=5.0)
+    assert not isinstance(info.value, ConnectionLimitError)
 
 
 def test_success_after_failures_reports_retries(clock: FakeClock) -> None:
@@ -82,6 +101,12 @@ def test_a_small_budget_still_makes_one_attempt(clock: FakeClock) -> None:
     with pytest.raises(ConnectionLimitError):
         run(connect, clock, budget=0.001)
     assert len(connect.calls) == 1
+
+
+def test_nothing_in_the_startup_packet_sets_a_session_setting() -> None:
+    kwargs = connect_kwargs(SETTINGS, Credentials("app", "pw"), remaining=5)
+    assert kwargs["options"] == ""  # overrides PGOPTIONS: RDS Proxy rejects startup options
+    assert kwargs["application_name"] == "lambda-db"
 
 
 def test_connect_timeout_never_exceeds_the_remaining_budget(clock: FakeClock) -> None:
