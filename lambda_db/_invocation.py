@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lambda_db._classify import brief, disconnected
 from lambda_db._deadline import Deadline, remaining_seconds
-from lambda_db._driver import INERROR
+from lambda_db._driver import INERROR, Driver
 from lambda_db._watchdog import WATCHDOG, Alarm
 from lambda_db.errors import (
     ConfigurationError,
@@ -89,6 +89,7 @@ class Invocation:
         "_context",
         "_db",
         "_deadline",
+        "_driver",
         "_prepared",
         "_remaining",
         "_started",
@@ -109,7 +110,8 @@ class Invocation:
         readonly: bool | None = None,
         deferrable: bool | None = None,
     ) -> None:
-        check_options(autocommit, isolation_level, readonly, deferrable)
+        if autocommit:
+            check_options(autocommit, isolation_level, readonly, deferrable)
         self._db = db
         self._context = context
         self.autocommit = autocommit
@@ -119,6 +121,7 @@ class Invocation:
         #: The checked-out connection (``None`` until the handler first uses it).
         self.conn: Any = None
         self._alarm: Alarm | None = None
+        self._driver: Driver | None = None
         self._deadline: Deadline | None = None
         self._prepared = False
         self._started = 0.0
@@ -180,7 +183,8 @@ class Invocation:
             if self.conn is not None:
                 return self.conn
             deadline = self.deadline
-            if deadline.past_cutoff():
+            cutoff = deadline.cutoff
+            if cutoff is not None and db._clock() >= cutoff:
                 raise DatabaseUnavailableError(
                     "no time left to use the database: the invocation's deadline "
                     f"(DB_DEADLINE_MARGIN/2 = {deadline.margin / 2:.3f} s before the "
@@ -188,7 +192,7 @@ class Invocation:
                     budget=0.0,
                 )
             conn = db.acquire(deadline, fresh=True)
-            driver = db.driver
+            driver = self._driver = db.driver
             self._prepared = driver.prepare(
                 conn,
                 autocommit=self.autocommit,
@@ -196,18 +200,15 @@ class Invocation:
                 readonly=self.readonly,
                 deferrable=self.deferrable,
             )
-            if deadline.cutoff is not None:
-                assert db._transport is not None  # set together with the connection
-                at = time.monotonic() + (deadline.cutoff - db._clock())
-                self._alarm = WATCHDOG.arm(db._transport, at)
+            if cutoff is not None:
+                transport = db._transport
+                assert transport is not None  # set together with the connection
+                clock = db._clock
+                at = cutoff if clock is time.monotonic else time.monotonic() + (cutoff - clock())
+                self._alarm = WATCHDOG.arm(transport, at)
             self.conn = conn
             db.stats.checkouts += 1
-            settings = db.settings
-            if (
-                settings.local_statement_timeout
-                and deadline.end is not None
-                and not self.autocommit
-            ):
+            if db.settings.local_statement_timeout and cutoff is not None and not self.autocommit:
                 # Opt-in, for direct connections: SET LOCAL pins RDS Proxy.
                 driver.set_local_statement_timeout(conn, max(1, int(deadline.left() * 1000)))
             return conn
@@ -216,7 +217,8 @@ class Invocation:
 
     def _end(self, exc: BaseException | None) -> None:
         db, conn, alarm = self._db, self.conn, self._alarm
-        driver = db.driver
+        driver = self._driver
+        assert driver is not None  # set at checkout, with conn
         try:
             if alarm is not None and alarm.fired:
                 raise self._cut(during="a statement") from exc
@@ -225,7 +227,8 @@ class Invocation:
                     raise self._lost(exc, during="the invocation") from exc
                 self._rollback(conn)
                 return
-            if self.deadline.past_cutoff():
+            cutoff = self._deadline.cutoff if self._deadline is not None else None
+            if cutoff is not None and db._clock() >= cutoff:
                 raise self._cut(during="the end: the handler returned after the deadline")
             if driver.closed(conn):
                 raise self._lost(None, during="the invocation")

@@ -60,7 +60,10 @@ class Watchdog:
     """Cuts the transports of alarms that are still armed when their time comes."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # The lock is taken directly on the warm path (cheaper than the Condition's
+        # __enter__); the Condition shares it for the thread's waits.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._alarms: list[Alarm] = []
         self._thread: threading.Thread | None = None
         #: When the thread will wake up by itself (``None``: not until notified).
@@ -69,20 +72,23 @@ class Watchdog:
     def arm(self, transport: Transport, at: float) -> Alarm:
         """Cut ``transport`` at ``at`` (``time.monotonic()``) unless disarmed before."""
         alarm = Alarm(transport, at)
-        with self._cond:
+        with self._lock:
             self._alarms.append(alarm)
-            if self._thread is None:
-                self._start()
-            elif self._wakes_at is None or at < self._wakes_at:
-                self._cond.notify()
+            wakes_at = self._wakes_at
+            if wakes_at is None or at < wakes_at:
+                if self._thread is None:
+                    self._start()
+                else:
+                    self._cond.notify()
         return alarm
 
     def disarm(self, alarm: Alarm) -> bool:
         """Stop ``alarm``; True when it had already fired (the transport was cut)."""
-        with self._cond:
-            if not alarm.fired and alarm in self._alarms:
-                self._alarms.remove(alarm)
-            return alarm.fired
+        with self._lock:
+            if alarm.fired:
+                return True
+            self._alarms.remove(alarm)  # armed and not fired: it is in the list
+            return False
 
     def _start(self) -> None:
         thread = threading.Thread(target=self._run, name="lambda-db-watchdog", daemon=True)
@@ -107,7 +113,8 @@ class Watchdog:
 
     def _after_fork(self) -> None:
         """In a forked child the thread does not exist: start afresh."""
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._alarms = []
         self._thread = None
         self._wakes_at = None
