@@ -148,7 +148,7 @@ def secret_calls(
     import boto3
     from moto import mock_aws
 
-    from lambda_db._secrets import SecretProvider
+    from lambda_db._credentials.secret import SecretProvider
     from lambda_db.config import Settings
 
     now = [0.0]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lambda_db._secrets import SecretProvider
+from lambda_db._credentials.secret import SecretProvider
 from lambda_db.config import Settings
 from lambda_db.errors import ConfigurationError, DatabaseUnavailableError
 from tests.conftest import FakeClock

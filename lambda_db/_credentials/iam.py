@@ -19,7 +19,7 @@ the connect loop asks after an authentication failure -- always mints a new one.
 
 botocore is imported here, lazily, on the first :meth:`~IamTokenProvider.get`; never by
 ``import lambda_db``. The token travels only as the ``password`` of
-:class:`~lambda_db._credentials.Credentials` (``repr=False``) and is never logged: botocore's
+:class:`~lambda_db._credentials.base.Credentials` (``repr=False``) and is never logged: botocore's
 own DEBUG lines about the signature are muted while we sign (:func:`muted_loggers`).
 
 Example::
@@ -33,28 +33,24 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from lambda_db._credentials import Credentials
+from lambda_db._credentials._aws import SENSITIVE_LOGGERS, muted_loggers
+from lambda_db._credentials.base import Credentials
 from lambda_db.config import ENV_AWS_REGION, ENV_REGION, Settings
 from lambda_db.errors import ConfigurationError, DatabaseUnavailableError
 
-__all__ = ["IamTokenProvider", "muted_loggers", "sign_token"]
+__all__ = ["IamTokenProvider", "sign_token"]
 
 logger = logging.getLogger(__name__)
 
 #: The service name RDS IAM tokens are signed for.
 SERVICE = "rds-db"
-
-#: botocore loggers that print signing material (canonical request with the session
-#: token, string to sign, signature) or response bodies (a secret's value) at DEBUG.
-SENSITIVE_LOGGERS = ("botocore.auth", "botocore.parsers", "botocore.endpoint")
 
 
 class _AwsCredentials(NamedTuple):
@@ -240,43 +236,3 @@ def sign_token(
         SigV4QueryAuth(credentials, SERVICE, region, expires=expires).add_auth(request)
     url: str = request.prepare().url
     return url[len(scheme) :]
-
-
-class _MuteFilter(logging.Filter):
-    """Drops every record while the current thread is inside :func:`muted_loggers`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.local, "depth", 0)
-
-
-_MUTE = _MuteFilter()
-
-
-@contextlib.contextmanager
-def muted_loggers(*names: str) -> Iterator[None]:
-    """Silence the named loggers in this thread for the duration of the block.
-
-    botocore logs the canonical request (with ``X-Amz-Security-Token``) and the
-    signature from ``botocore.auth``, and every response body from ``botocore.parsers``,
-    at DEBUG. Signing a token or reading a secret must not end up in a log, whatever
-    level the function runs at. Other threads and other loggers are unaffected.
-
-    Example::
-
-        >>> with muted_loggers("botocore.parsers"):
-        ...     logging.getLogger("botocore.parsers").warning("not shown")
-    """
-    for name in names:
-        target = logging.getLogger(name)
-        if _MUTE not in target.filters:
-            target.addFilter(_MUTE)
-    local = _MUTE.local
-    local.depth = getattr(local, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        local.depth -= 1

@@ -34,8 +34,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lambda_db._credentials import Credentials
-from lambda_db._iam import SENSITIVE_LOGGERS, muted_loggers
+from lambda_db._credentials._aws import SENSITIVE_LOGGERS, muted_loggers
+from lambda_db._credentials.base import Credentials
 from lambda_db.config import ENV_AWS_REGION, ENV_REGION, ENV_SECRET_ARN, Settings
 from lambda_db.errors import ConfigurationError, DatabaseUnavailableError
 
