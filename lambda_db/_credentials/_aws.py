@@ -1,21 +1,459 @@
-"""What the two AWS modes share: botocore loggers kept quiet while secrets are in flight.
+"""What the two AWS modes share: calls bounded by the caller's budget, remembered failures,
+and botocore loggers kept quiet while secrets are in flight.
 
-Nothing here imports botocore at module level: ``import lambda_db`` stays free of AWS
-libraries, and each mode pays for botocore on its first fetch or mint.
+Reading a secret (``secret`` mode) and reading AWS credentials from the container
+credentials endpoint (Lambda SnapStart, both modes) are network calls made while an
+invocation waits to connect. botocore's own bounds outlive any Lambda deadline (60 s
+connect and read timeouts, retries with sleeps between them; its container fetcher makes
+3 attempts of up to 2 s each and sleeps 1 s after every failure, the last one included),
+so here:
+
+* :class:`Bounds` says what one kind of call may take: per-attempt connect and read
+  timeouts, a number of attempts, and the budget used when the caller has no deadline;
+* :class:`Attempts` makes the attempts within the caller's budget: each attempt's
+  timeouts are cut to fit what is left, botocore's own retries are off (its sleeps would
+  not be counted), and the full-jitter waits between attempts are ours, and counted;
+* :class:`FailureMemory` is the negative cache: a failed fetch is remembered for a short
+  period on the provider's monotonic clock, so a dead endpoint costs one bounded wait per
+  period, not one per invocation;
+* :class:`AwsSession` holds one botocore session per provider: AWS credentials from
+  botocore's chain, but with a container provider whose one request per call uses our
+  timeouts; and Secrets Manager clients per pair of timeouts (a client from a loaded
+  session costs about 1 ms; a new ``boto3.Session`` per client about 35 ms, measured);
+* :func:`muted_loggers` keeps botocore's DEBUG lines about signatures and response bodies
+  out of the logs.
+
+botocore is imported inside functions only: ``import lambda_db`` loads no AWS library.
+
+Example::
+
+    attempts = Attempts(bounds, budget, clock=time.monotonic, sleep=time.sleep)
+    for _ in attempts:
+        try:
+            return call(*bounds.timeouts(attempts.remaining()))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+    raise DatabaseUnavailableError(f"... {attempts.summary()}")
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
-__all__ = ["SENSITIVE_LOGGERS", "muted_loggers"]
+from lambda_db._backoff import Backoff
+from lambda_db.errors import ConfigurationError, DatabaseUnavailableError, LambdaDbError
+
+__all__ = [
+    "SENSITIVE_LOGGERS",
+    "Attempts",
+    "AwsSession",
+    "Bounds",
+    "BudgetSpent",
+    "FailureMemory",
+    "container_endpoint",
+    "failure_reason",
+    "is_transient",
+    "muted_loggers",
+]
+
+logger = logging.getLogger(__name__)
 
 #: botocore loggers that print signing material (canonical request with the session
-#: token, string to sign, signature) or response bodies (a secret's value) at DEBUG.
-SENSITIVE_LOGGERS = ("botocore.auth", "botocore.parsers", "botocore.endpoint")
+#: token, string to sign, signature) or response bodies (a secret's value) at DEBUG;
+#: ``botocore.utils`` prints a container credentials answer it cannot parse.
+SENSITIVE_LOGGERS = ("botocore.auth", "botocore.parsers", "botocore.endpoint", "botocore.utils")
+
+#: AWS error codes that waiting can cure.
+TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "InternalServiceError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+
+_FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
+_RELATIVE_URI = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+_CONTAINER_HOST = "http://169.254.170.2"
+
+
+# -- bounds and attempts -------------------------------------------------------------------
+
+
+class BudgetSpent(Exception):
+    """Too little of the budget is left to start (the next step of) an attempt."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What one kind of AWS call may take.
+
+    ``connect`` and ``read`` are the per-attempt timeouts when time is plentiful,
+    ``attempts`` the most attempts per fetch, ``total`` the budget when the caller gives
+    none. :meth:`timeouts` cuts both to fit what is left (a third of it at most for
+    connecting: a TCP or TLS handshake to an AWS endpoint takes milliseconds), rounded
+    down to :attr:`STEP` so that nearby budgets share a client.
+
+    >>> b = Bounds(connect=2.0, read=5.0, attempts=3, total=10.0)
+    >>> b.timeouts(10.0), b.timeouts(2.25), b.timeouts(0.3)
+    ((2.0, 5.0), (0.7, 1.5), (0.1, 0.2))
+    """
+
+    connect: float
+    read: float
+    attempts: int
+    total: float
+
+    #: No attempt starts with less than this left (seconds).
+    MIN_ATTEMPT: ClassVar[float] = 0.3
+    #: Timeouts are multiples of this (seconds), and never less.
+    STEP: ClassVar[float] = 0.1
+
+    def timeouts(self, left: float) -> tuple[float, float]:
+        """``(connect, read)`` for an attempt with ``left`` seconds left; their sum fits."""
+        connect = _step_down(min(self.connect, left / 3))
+        return connect, _step_down(min(self.read, left - connect))
+
+
+def _step_down(seconds: float) -> float:
+    """``seconds`` rounded down to a multiple of :attr:`Bounds.STEP`, at least one step."""
+    steps = math.floor(seconds / Bounds.STEP + 1e-9)
+    return round(max(1, steps) * Bounds.STEP, 3)
+
+
+class Attempts:
+    """The attempts of one fetch within ``budget`` seconds (``None``: ``bounds.total``).
+
+    Iterating makes attempts: the first at once; each next one after a full-jitter wait
+    (:class:`~lambda_db._backoff.Backoff`), and only while fewer than ``bounds.attempts``
+    were made and the wait plus :attr:`Bounds.MIN_ATTEMPT` fits in what is left. Inside an
+    attempt, :meth:`remaining` is what its calls may use (their timeouts come from it).
+
+    A silent endpoint (every attempt waits its whole read timeout), on a fake clock:
+
+    >>> now, bounds = [0.0], Bounds(connect=2.0, read=5.0, attempts=3, total=10.0)
+    >>> attempts = Attempts(bounds, 2.0, clock=lambda: now[0], sleep=lambda s: None)
+    >>> for _ in attempts:
+    ...     now[0] += bounds.timeouts(attempts.remaining())[1]
+    >>> attempts.made, round(now[0], 2)
+    (2, 1.8)
+    """
+
+    def __init__(
+        self,
+        bounds: Bounds,
+        budget: float | None,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.bounds = bounds
+        self.budget = bounds.total if budget is None else max(0.0, budget)
+        self._clock = clock
+        self._sleep = sleep
+        self._backoff = backoff or Backoff()
+        self.start = clock()
+        self.deadline = self.start + self.budget
+        self.made = 0
+
+    def __iter__(self) -> Iterator[int]:
+        while self.made < self.bounds.attempts:
+            wait = self._backoff.delay(self.made - 1) if self.made else 0.0
+            if self.deadline - self._clock() - wait < self.bounds.MIN_ATTEMPT:
+                return
+            if wait > 0:
+                self._sleep(wait)
+            self.made += 1
+            yield self.made
+
+    def remaining(self) -> float:
+        """Seconds left for the current attempt; :class:`BudgetSpent` below two steps."""
+        left = self.deadline - self._clock()
+        if left < 2 * Bounds.STEP:
+            raise BudgetSpent(f"the {self.budget:.2f} s budget ran out during the attempt")
+        return left
+
+    def elapsed(self) -> float:
+        """Seconds since the first attempt started."""
+        return self._clock() - self.start
+
+    def summary(self) -> str:
+        """How many attempts, how long they took, and the budget (for error messages)."""
+        return f"{self.made} attempt(s) in {self.elapsed():.2f} s (budget {self.budget:.2f} s)"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when waiting may cure ``exc`` (a timeout, a refused or reset connection, a
+    failed credentials read, throttling, a server error); False for what will not change
+    by itself (access denied, no such secret, no region, no credentials)."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        CredentialRetrievalError,
+        HTTPClientError,
+        MetadataRetrievalError,
+    )
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in TRANSIENT_CODES or int(status or 0) >= 500
+    transient = (
+        BudgetSpent,
+        ConnectionError,
+        HTTPClientError,
+        CredentialRetrievalError,
+        MetadataRetrievalError,
+    )
+    return isinstance(exc, transient)
+
+
+def failure_reason(exc: BaseException | None) -> str:
+    """A short account of why an AWS call failed: the error code or botocore's message.
+
+    Neither holds a secret: botocore's messages name the URL and what went wrong, and a
+    secret's value travels only in a successful answer.
+    """
+    if exc is None:
+        return "no attempt could start"
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": ")
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+# -- the negative cache --------------------------------------------------------------------
+
+
+class FailureMemory:
+    """The last failed fetch, remembered for a period on the provider's monotonic clock.
+
+    >>> memory = FailureMemory()
+    >>> memory.remember(DatabaseUnavailableError("Secrets Manager did not answer"), at=100.0)
+    >>> memory.active(now=105.0, period=10.0) is not None, memory.active(110.0, 10.0)
+    (True, None)
+    >>> str(memory.recalled(now=105.0, period=10.0))  # doctest: +NORMALIZE_WHITESPACE
+    'Secrets Manager did not answer [remembered: this failed 5.0 s ago; no new attempt
+    for another 5.0 s]'
+    """
+
+    def __init__(self) -> None:
+        self._error: LambdaDbError | None = None
+        self._at = 0.0
+
+    def __repr__(self) -> str:
+        kind = type(self._error).__name__ if self._error is not None else "nothing"
+        return f"<FailureMemory {kind}>"
+
+    def remember(self, error: LambdaDbError, *, at: float) -> None:
+        """Remember ``error`` as the outcome of a fetch that ended at ``at``."""
+        self._error, self._at = error, at
+
+    def forget(self) -> None:
+        """A fetch succeeded (or the provider was invalidated): nothing to remember."""
+        self._error = None
+
+    def active(self, now: float, period: float) -> LambdaDbError | None:
+        """The remembered error while ``period`` seconds have not passed since it."""
+        if self._error is None or now - self._at >= period:
+            return None
+        return self._error
+
+    def recalled(self, now: float, period: float) -> LambdaDbError:
+        """A new error of the same kind that says the failure is remembered, since when,
+        and until when (raise it ``from`` :meth:`active`'s error)."""
+        error = self._error
+        assert error is not None
+        age = now - self._at
+        message = (
+            f"{error} [remembered: this failed {age:.1f} s ago; no new attempt for "
+            f"another {max(0.0, period - age):.1f} s]"
+        )
+        if isinstance(error, ConfigurationError):
+            return ConfigurationError(message, variable=error.variable)
+        if isinstance(error, DatabaseUnavailableError):
+            return DatabaseUnavailableError(message, attempts=0, budget=error.budget)
+        return LambdaDbError(message)
+
+
+# -- the botocore session ------------------------------------------------------------------
+
+
+def container_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
+    """The container credentials URL botocore would call, without user info or query.
+
+    >>> container_endpoint({_FULL_URI: "http://127.0.0.1:9001/2021-04-23/credentials?a=b"})
+    'http://127.0.0.1:9001/2021-04-23/credentials'
+    >>> container_endpoint({_RELATIVE_URI: "/v2/credentials/0f1e"})
+    'http://169.254.170.2/v2/credentials/0f1e'
+    >>> container_endpoint({}) is None
+    True
+    """
+    env = os.environ if environ is None else environ
+    url = _CONTAINER_HOST + env[_RELATIVE_URI] if _RELATIVE_URI in env else env.get(_FULL_URI)
+    if not url:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+class _BoundedHttp:
+    """What botocore's container fetcher sends through: botocore's own HTTP session,
+    rebuilt when :attr:`timeouts` (``(connect, read)``) change."""
+
+    def __init__(self) -> None:
+        self.timeouts = (1.0, 2.0)
+        self._session: Any = None
+        self._key: tuple[float, float] | None = None
+
+    def send(self, request: Any) -> Any:
+        if self._key != self.timeouts:
+            from botocore.httpsession import URLLib3Session
+
+            session_class: Any = URLLib3Session
+            if self._session is not None:
+                self._session.close()
+            self._session, self._key = session_class(timeout=self.timeouts), self.timeouts
+        return self._session.send(request)
+
+
+def _no_sleep(seconds: float) -> None:
+    return None
+
+
+def _bounded_container_provider(http: _BoundedHttp) -> Any:
+    """botocore's container credentials provider, making one request per call through
+    ``http`` (the caller's :class:`Attempts` retries, within its budget)."""
+    from botocore.credentials import ContainerProvider
+    from botocore.utils import ContainerMetadataFetcher
+
+    class Fetcher(ContainerMetadataFetcher):
+        RETRY_ATTEMPTS = 1
+        SLEEP_TIME = 0
+
+    class Provider(ContainerProvider):
+        METHOD = "container-role-bounded"
+
+    http_session: Any = http
+    fetcher: Any = Fetcher(session=http_session, sleep=_no_sleep)
+    return Provider(fetcher=fetcher)
+
+
+class AwsSession:
+    """One botocore session for one provider: AWS credentials read within bounds, and
+    clients per pair of timeouts.
+
+    Credentials come from botocore's chain in botocore's order, with one change: the
+    container provider (``AWS_CONTAINER_CREDENTIALS_FULL_URI`` or ``_RELATIVE_URI``, what
+    Lambda SnapStart uses) makes one request per call with timeouts cut to fit the time
+    given to :meth:`credentials` (at most :attr:`CONTAINER_CONNECT_TIMEOUT` and
+    :attr:`CONTAINER_READ_TIMEOUT`). Environment keys (ordinary Lambda) are read without
+    building a session at all.
+
+    Example::
+
+        aws = AwsSession()
+        frozen = aws.credentials(attempts.remaining)   # access_key, secret_key, token
+        client = aws.client("secretsmanager", "eu-west-1", (0.7, 1.3))
+    """
+
+    #: Seconds to connect to the container credentials endpoint (a local address).
+    CONTAINER_CONNECT_TIMEOUT = 1.0
+    #: Seconds to wait for its answer (botocore's default is 2 s).
+    CONTAINER_READ_TIMEOUT = 2.0
+    #: Clients kept (one per pair of timeouts; the oldest goes first).
+    MAX_CLIENTS = 4
+
+    def __init__(self) -> None:
+        self._session: Any = None
+        self._http = _BoundedHttp()
+        self._clients: dict[tuple[str, str | None, tuple[float, float]], Any] = {}
+
+    @staticmethod
+    def environment_credentials() -> Any:
+        """Frozen credentials from ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, or None.
+
+        The chain's first link on its own: with keys in the environment (ordinary Lambda)
+        the whole chain returns exactly these, and skipping the session skips importing
+        ``botocore.session`` and ``botocore.client`` (about 30 ms of cold start).
+        """
+        import botocore.credentials
+
+        resolved = botocore.credentials.EnvProvider().load()
+        return resolved.get_frozen_credentials() if resolved is not None else None
+
+    def credentials(self, remaining: Callable[[], float]) -> Any:
+        """Frozen credentials from botocore's chain, or None when the chain has none.
+
+        ``remaining()`` says how many seconds are left (:meth:`Attempts.remaining`): a
+        container request gets timeouts that fit in them.
+        """
+        frozen = self.environment_credentials()
+        if frozen is not None:
+            return frozen
+        session = self.session()  # a cold start imports botocore.session: count it
+        left = remaining()
+        bounds = Bounds(self.CONTAINER_CONNECT_TIMEOUT, self.CONTAINER_READ_TIMEOUT, 1, left)
+        self._http.timeouts = bounds.timeouts(left)
+        with muted_loggers(*SENSITIVE_LOGGERS):
+            # A refresh (botocore's advisory and mandatory windows before expiry) happens
+            # in get_frozen_credentials(), through the same bounded fetcher.
+            resolved = session.get_credentials()
+            return resolved.get_frozen_credentials() if resolved is not None else None
+
+    def client(self, service: str, region: str | None, timeouts: tuple[float, float]) -> Any:
+        """A ``service`` client with these ``(connect, read)`` timeouts and no retries."""
+        key = (service, region, timeouts)
+        client = self._clients.get(key)
+        if client is None:
+            from botocore.config import Config
+
+            connect, read = timeouts
+            config = Config(
+                connect_timeout=connect,
+                read_timeout=read,
+                retries={"mode": "standard", "total_max_attempts": 1},
+            )
+            client = self.session().create_client(service, region_name=region, config=config)
+            while len(self._clients) >= self.MAX_CLIENTS:
+                self._clients.pop(next(iter(self._clients)))
+            self._clients[key] = client
+        return client
+
+    def session(self) -> Any:
+        """The botocore session (created at first use), its container provider bounded."""
+        if self._session is None:
+            import botocore.session
+
+            session = botocore.session.get_session()
+            resolver = session.get_component("credential_provider")
+            resolver.insert_before("container-role", _bounded_container_provider(self._http))
+            resolver.remove("container-role")
+            self._session = session
+        return self._session
+
+
+# -- quiet loggers -------------------------------------------------------------------------
 
 
 class _MuteFilter(logging.Filter):
