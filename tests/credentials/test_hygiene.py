@@ -146,3 +146,29 @@ def test_iam_mode_loads_botocore_but_not_boto3_or_the_rds_model(aws_env: dict[st
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False []"
+
+
+def test_the_credentials_package_has_no_import_circle() -> None:
+    """Imports go one way: the modes use ``base`` and ``_aws``; nothing imports a mode
+    or the package itself, except ``make_provider`` importing a mode when it is asked for."""
+    import ast
+    from pathlib import Path
+
+    import lambda_db._credentials as package
+
+    folder = Path(package.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        imports[path.stem] = {n for n in names if n.startswith("lambda_db._credentials")}
+    prefix = "lambda_db._credentials."
+    assert imports.pop("__init__") == {prefix + m for m in ("base", "password", "secret", "iam")}
+    for module, names in imports.items():
+        assert "lambda_db._credentials" not in names, module
+        assert names <= {prefix + "base", prefix + "_aws"}, module
+    assert imports["base"] == imports["_aws"] == set()
