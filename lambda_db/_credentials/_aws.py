@@ -1,25 +1,23 @@
-"""What the two AWS modes share: calls bounded by the caller's budget, remembered failures,
-and botocore loggers kept quiet while secrets are in flight.
+"""What the two AWS modes share on botocore's side: one session per provider with a bounded
+container credentials read, clients per pair of timeouts, how failures are classified and
+told, and botocore loggers kept quiet while secrets are in flight.
 
 Reading a secret (``secret`` mode) and reading AWS credentials from the container
 credentials endpoint (Lambda SnapStart, both modes) are network calls made while an
 invocation waits to connect. botocore's own bounds outlive any Lambda deadline (60 s
 connect and read timeouts, retries with sleeps between them; its container fetcher makes
-3 attempts of up to 2 s each and sleeps 1 s after every failure, the last one included),
-so here:
+3 attempts of up to 2 s each and sleeps 1 s after every failure, the last one included).
+So every call made here is a single attempt with timeouts given by the caller, who makes
+the attempts within its budget (``lambda_db._credentials._budget``):
 
-* :class:`Bounds` says what one kind of call may take: per-attempt connect and read
-  timeouts, a number of attempts, and the budget used when the caller has no deadline;
-* :class:`Attempts` makes the attempts within the caller's budget: each attempt's
-  timeouts are cut to fit what is left, botocore's own retries are off (its sleeps would
-  not be counted), and the full-jitter waits between attempts are ours, and counted;
-* :class:`FailureMemory` is the negative cache: a failed fetch is remembered for a short
-  period on the provider's monotonic clock, so a dead endpoint costs one bounded wait per
-  period, not one per invocation;
 * :class:`AwsSession` holds one botocore session per provider: AWS credentials from
   botocore's chain, but with a container provider whose one request per call uses our
-  timeouts; and Secrets Manager clients per pair of timeouts (a client from a loaded
-  session costs about 1 ms; a new ``boto3.Session`` per client about 35 ms, measured);
+  timeouts; and clients per pair of timeouts, with botocore's retries off (a client from
+  a loaded session costs about 1 ms; a new ``boto3.Session`` per client about 35 ms,
+  measured);
+* :func:`aws_errors`, :func:`is_transient` and :func:`failure_reason` say which failures
+  an attempt catches, which of them waiting may cure, and how to tell them (never with a
+  secret);
 * :func:`muted_loggers` keeps botocore's DEBUG lines about signatures and response bodies
   out of the logs.
 
@@ -27,38 +25,27 @@ botocore is imported inside functions only: ``import lambda_db`` loads no AWS li
 
 Example::
 
-    attempts = Attempts(bounds, budget, clock=time.monotonic, sleep=time.sleep)
-    for _ in attempts:
-        try:
-            return call(*bounds.timeouts(attempts.remaining()))
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-    raise DatabaseUnavailableError(f"... {attempts.summary()}")
+    aws = AwsSession()
+    frozen = aws.credentials(attempts.remaining)     # within what is left
+    client = aws.client("secretsmanager", "eu-west-1", bounds.timeouts(attempts.remaining()))
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
-from lambda_db._backoff import Backoff
-from lambda_db.errors import ConfigurationError, DatabaseUnavailableError, LambdaDbError
+from lambda_db._credentials._budget import Bounds, BudgetSpent
 
 __all__ = [
     "SENSITIVE_LOGGERS",
-    "Attempts",
     "AwsSession",
-    "Bounds",
-    "BudgetSpent",
-    "FailureMemory",
+    "aws_errors",
     "container_endpoint",
     "failure_reason",
     "is_transient",
@@ -91,116 +78,28 @@ _RELATIVE_URI = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
 _CONTAINER_HOST = "http://169.254.170.2"
 
 
-# -- bounds and attempts -------------------------------------------------------------------
+def aws_errors() -> tuple[type[Exception], ...]:
+    """What an attempt catches: botocore's errors, AWS's answers, a spent budget, and the
+    ``ValueError`` botocore raises for a container credentials URL or token it refuses.
+    Anything else is not an AWS failure and propagates unchanged.
 
-
-class BudgetSpent(Exception):
-    """Too little of the budget is left to start (the next step of) an attempt."""
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """What one kind of AWS call may take.
-
-    ``connect`` and ``read`` are the per-attempt timeouts when time is plentiful,
-    ``attempts`` the most attempts per fetch, ``total`` the budget when the caller gives
-    none. :meth:`timeouts` cuts both to fit what is left (a third of it at most for
-    connecting: a TCP or TLS handshake to an AWS endpoint takes milliseconds), rounded
-    down to :attr:`STEP` so that nearby budgets share a client.
-
-    >>> b = Bounds(connect=2.0, read=5.0, attempts=3, total=10.0)
-    >>> b.timeouts(10.0), b.timeouts(2.25), b.timeouts(0.3)
-    ((2.0, 5.0), (0.7, 1.5), (0.1, 0.2))
+    >>> BudgetSpent in aws_errors()
+    True
     """
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    connect: float
-    read: float
-    attempts: int
-    total: float
-
-    #: No attempt starts with less than this left (seconds).
-    MIN_ATTEMPT: ClassVar[float] = 0.3
-    #: Timeouts are multiples of this (seconds), and never less.
-    STEP: ClassVar[float] = 0.1
-
-    def timeouts(self, left: float) -> tuple[float, float]:
-        """``(connect, read)`` for an attempt with ``left`` seconds left; their sum fits."""
-        connect = _step_down(min(self.connect, left / 3))
-        return connect, _step_down(min(self.read, left - connect))
-
-
-def _step_down(seconds: float) -> float:
-    """``seconds`` rounded down to a multiple of :attr:`Bounds.STEP`, at least one step."""
-    steps = math.floor(seconds / Bounds.STEP + 1e-9)
-    return round(max(1, steps) * Bounds.STEP, 3)
-
-
-class Attempts:
-    """The attempts of one fetch within ``budget`` seconds (``None``: ``bounds.total``).
-
-    Iterating makes attempts: the first at once; each next one after a full-jitter wait
-    (:class:`~lambda_db._backoff.Backoff`), and only while fewer than ``bounds.attempts``
-    were made and the wait plus :attr:`Bounds.MIN_ATTEMPT` fits in what is left. Inside an
-    attempt, :meth:`remaining` is what its calls may use (their timeouts come from it).
-
-    A silent endpoint (every attempt waits its whole read timeout), on a fake clock:
-
-    >>> now, bounds = [0.0], Bounds(connect=2.0, read=5.0, attempts=3, total=10.0)
-    >>> attempts = Attempts(bounds, 2.0, clock=lambda: now[0], sleep=lambda s: None)
-    >>> for _ in attempts:
-    ...     now[0] += bounds.timeouts(attempts.remaining())[1]
-    >>> attempts.made, round(now[0], 2)
-    (2, 1.8)
-    """
-
-    def __init__(
-        self,
-        bounds: Bounds,
-        budget: float | None,
-        *,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
-        backoff: Backoff | None = None,
-    ) -> None:
-        self.bounds = bounds
-        self.budget = bounds.total if budget is None else max(0.0, budget)
-        self._clock = clock
-        self._sleep = sleep
-        self._backoff = backoff or Backoff()
-        self.start = clock()
-        self.deadline = self.start + self.budget
-        self.made = 0
-
-    def __iter__(self) -> Iterator[int]:
-        while self.made < self.bounds.attempts:
-            wait = self._backoff.delay(self.made - 1) if self.made else 0.0
-            if self.deadline - self._clock() - wait < self.bounds.MIN_ATTEMPT:
-                return
-            if wait > 0:
-                self._sleep(wait)
-            self.made += 1
-            yield self.made
-
-    def remaining(self) -> float:
-        """Seconds left for the current attempt; :class:`BudgetSpent` below two steps."""
-        left = self.deadline - self._clock()
-        if left < 2 * Bounds.STEP:
-            raise BudgetSpent(f"the {self.budget:.2f} s budget ran out during the attempt")
-        return left
-
-    def elapsed(self) -> float:
-        """Seconds since the first attempt started."""
-        return self._clock() - self.start
-
-    def summary(self) -> str:
-        """How many attempts, how long they took, and the budget (for error messages)."""
-        return f"{self.made} attempt(s) in {self.elapsed():.2f} s (budget {self.budget:.2f} s)"
+    return (BotoCoreError, ClientError, BudgetSpent, ValueError)
 
 
 def is_transient(exc: BaseException) -> bool:
     """True when waiting may cure ``exc`` (a timeout, a refused or reset connection, a
     failed credentials read, throttling, a server error); False for what will not change
-    by itself (access denied, no such secret, no region, no credentials)."""
+    by itself (access denied, no such secret, no region, no credentials).
+
+    >>> from botocore.exceptions import NoRegionError, ReadTimeoutError
+    >>> is_transient(ReadTimeoutError(endpoint_url="https://x")), is_transient(NoRegionError())
+    (True, False)
+    """
     from botocore.exceptions import (
         ClientError,
         ConnectionError,
@@ -228,6 +127,10 @@ def failure_reason(exc: BaseException | None) -> str:
 
     Neither holds a secret: botocore's messages name the URL and what went wrong, and a
     secret's value travels only in a successful answer.
+
+    >>> from botocore.exceptions import ReadTimeoutError
+    >>> failure_reason(ReadTimeoutError(endpoint_url="http://127.0.0.1:9/"))
+    'ReadTimeoutError: Read timeout on endpoint URL: "http://127.0.0.1:9/"'
     """
     if exc is None:
         return "no attempt could start"
@@ -238,63 +141,6 @@ def failure_reason(exc: BaseException | None) -> str:
         return f"{error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": ")
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
-
-
-# -- the negative cache --------------------------------------------------------------------
-
-
-class FailureMemory:
-    """The last failed fetch, remembered for a period on the provider's monotonic clock.
-
-    >>> memory = FailureMemory()
-    >>> memory.remember(DatabaseUnavailableError("Secrets Manager did not answer"), at=100.0)
-    >>> memory.active(now=105.0, period=10.0) is not None, memory.active(110.0, 10.0)
-    (True, None)
-    >>> str(memory.recalled(now=105.0, period=10.0))  # doctest: +NORMALIZE_WHITESPACE
-    'Secrets Manager did not answer [remembered: this failed 5.0 s ago; no new attempt
-    for another 5.0 s]'
-    """
-
-    def __init__(self) -> None:
-        self._error: LambdaDbError | None = None
-        self._at = 0.0
-
-    def __repr__(self) -> str:
-        kind = type(self._error).__name__ if self._error is not None else "nothing"
-        return f"<FailureMemory {kind}>"
-
-    def remember(self, error: LambdaDbError, *, at: float) -> None:
-        """Remember ``error`` as the outcome of a fetch that ended at ``at``."""
-        self._error, self._at = error, at
-
-    def forget(self) -> None:
-        """A fetch succeeded (or the provider was invalidated): nothing to remember."""
-        self._error = None
-
-    def active(self, now: float, period: float) -> LambdaDbError | None:
-        """The remembered error while ``period`` seconds have not passed since it."""
-        if self._error is None or now - self._at >= period:
-            return None
-        return self._error
-
-    def recalled(self, now: float, period: float) -> LambdaDbError:
-        """A new error of the same kind that says the failure is remembered, since when,
-        and until when (raise it ``from`` :meth:`active`'s error)."""
-        error = self._error
-        assert error is not None
-        age = now - self._at
-        message = (
-            f"{error} [remembered: this failed {age:.1f} s ago; no new attempt for "
-            f"another {max(0.0, period - age):.1f} s]"
-        )
-        if isinstance(error, ConfigurationError):
-            return ConfigurationError(message, variable=error.variable)
-        if isinstance(error, DatabaseUnavailableError):
-            return DatabaseUnavailableError(message, attempts=0, budget=error.budget)
-        return LambdaDbError(message)
-
-
-# -- the botocore session ------------------------------------------------------------------
 
 
 def container_endpoint(environ: Mapping[str, str] | None = None) -> str | None:

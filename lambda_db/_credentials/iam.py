@@ -21,7 +21,7 @@ the connect loop asks after an authentication failure -- always mints a new one.
 network call; otherwise botocore's chain, whose container credentials request (SnapStart:
 ``AWS_CONTAINER_CREDENTIALS_FULL_URI``) is made within the caller's ``budget``, with
 connect and read timeouts cut to fit and at most :attr:`IamTokenProvider.MAX_ATTEMPTS`
-attempts (``lambda_db._credentials._aws``). A failed read is remembered for
+attempts (``lambda_db._credentials._budget``). A failed read is remembered for
 :attr:`IamTokenProvider.NEGATIVE_TTL` seconds: ``get()`` then fails at once, saying so,
 without a request. There is no stale fallback of our own: botocore already keeps using
 the current AWS credentials when a refresh fails in its advisory window (15 to 10 minutes
@@ -54,15 +54,14 @@ from typing import Any, NamedTuple
 
 from lambda_db._credentials._aws import (
     SENSITIVE_LOGGERS,
-    Attempts,
     AwsSession,
-    Bounds,
-    FailureMemory,
+    aws_errors,
     container_endpoint,
     failure_reason,
     is_transient,
     muted_loggers,
 )
+from lambda_db._credentials._budget import Attempts, Bounds, FailureMemory
 from lambda_db._credentials.base import Credentials
 from lambda_db.config import ENV_AWS_REGION, ENV_REGION, Settings
 from lambda_db.errors import ConfigurationError, DatabaseUnavailableError, LambdaDbError
@@ -248,7 +247,7 @@ class IamTokenProvider:
         for attempt in attempts:
             try:
                 frozen = self._aws.credentials(attempts.remaining)
-            except Exception as exc:
+            except aws_errors() as exc:
                 if not is_transient(exc):
                     raise ConfigurationError(
                         f"cannot read AWS credentials to sign an IAM auth token from "

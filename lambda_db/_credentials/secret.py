@@ -17,7 +17,7 @@ seconds (what is left of the invocation's connect budget; ``None``:
 read timeouts cut to fit what is left (at most :attr:`~SecretProvider.CONNECT_TIMEOUT`
 and :attr:`~SecretProvider.READ_TIMEOUT`), botocore's own retries are off, and at most
 :attr:`~SecretProvider.MAX_ATTEMPTS` attempts are made, with full-jitter waits between
-them that count against the budget too (``lambda_db._credentials._aws``). AWS
+them that count against the budget too (``lambda_db._credentials._budget``). AWS
 credentials from the container endpoint (SnapStart) are read inside the same budget.
 
 **A failed fetch is remembered** for :attr:`~SecretProvider.NEGATIVE_TTL` seconds: within
@@ -59,18 +59,17 @@ from typing import Any
 
 from lambda_db._credentials._aws import (
     SENSITIVE_LOGGERS,
-    Attempts,
     AwsSession,
-    Bounds,
-    FailureMemory,
+    aws_errors,
     container_endpoint,
     failure_reason,
     is_transient,
     muted_loggers,
 )
+from lambda_db._credentials._budget import Attempts, Bounds, FailureMemory
 from lambda_db._credentials.base import Credentials
 from lambda_db.config import ENV_AWS_REGION, ENV_REGION, ENV_SECRET_ARN, Settings
-from lambda_db.errors import ConfigurationError, DatabaseUnavailableError, LambdaDbError
+from lambda_db.errors import ConfigurationError, DatabaseUnavailableError
 
 __all__ = ["SecretProvider"]
 
@@ -232,9 +231,7 @@ class SecretProvider:
                 self.fetches += 1
                 with muted_loggers(*SENSITIVE_LOGGERS):
                     response = client.get_secret_value(SecretId=self._arn)
-            except LambdaDbError:
-                raise
-            except Exception as exc:
+            except aws_errors() as exc:
                 if not is_transient(exc):
                     raise self._permanent_error(exc, where, attempts) from exc
                 last = exc

@@ -18,7 +18,7 @@ import pytest
 from botocore.config import Config
 
 from lambda_db._backoff import Backoff
-from lambda_db._credentials._aws import Attempts, Bounds
+from lambda_db._credentials._budget import Attempts, Bounds
 from lambda_db._credentials.iam import IamTokenProvider
 from lambda_db._credentials.secret import SecretProvider
 from lambda_db.config import Settings

@@ -149,8 +149,8 @@ def test_iam_mode_loads_botocore_but_not_boto3_or_the_rds_model(aws_env: dict[st
 
 
 def test_the_credentials_package_has_no_import_circle() -> None:
-    """Imports go one way: the modes use ``base`` and ``_aws``; nothing imports a mode
-    or the package itself, except ``make_provider`` importing a mode when it is asked for."""
+    """Imports go one way: the modes use ``base``, ``_aws`` and ``_budget``; nothing imports
+    a mode or the package itself, except ``make_provider`` importing a mode when asked."""
     import ast
     from pathlib import Path
 
@@ -170,5 +170,6 @@ def test_the_credentials_package_has_no_import_circle() -> None:
     assert imports.pop("__init__") == {prefix + m for m in ("base", "password", "secret", "iam")}
     for module, names in imports.items():
         assert "lambda_db._credentials" not in names, module
-        assert names <= {prefix + "base", prefix + "_aws"}, module
-    assert imports["base"] == imports["_aws"] == set()
+        assert names <= {prefix + "base", prefix + "_aws", prefix + "_budget"}, module
+    assert imports["base"] == imports["_budget"] == set()
+    assert imports["_aws"] == {prefix + "_budget"}
