@@ -28,6 +28,16 @@
    invocation. Expected: one ``GetSecretValue`` per ``secret_max_age`` window. (With a
    warm connection the provider is not asked at all.)
 
+3. **A dead endpoint.** A listening socket that completes the TCP handshake (the kernel
+   does) and never answers stands for Secrets Manager (``AWS_ENDPOINT_URL_SECRETS_MANAGER``)
+   and, in iam mode without keys in the environment, for the container credentials
+   endpoint (``AWS_CONTAINER_CREDENTIALS_FULL_URI``, SnapStart). The provider is asked with
+   ``DEAD_BUDGET`` seconds, what a 3-second function leaves to connect (3 s minus the
+   default 0.75 s margin): how long the first ``get()`` takes to fail, and how long the
+   next one takes (the failure is remembered).
+   Medians of ``DEAD_REPEATS`` fresh providers. Before the budget existed, the first
+   failure took 15.6 s and 16.4 s in secret mode, on every invocation (issue 9).
+
 Run: ``python bench/bench_credentials.py`` (prints the figures as JSON).
 """
 
@@ -45,6 +55,8 @@ import time
 from typing import Any
 
 REPEATS = 7
+DEAD_BUDGET = 2.25
+DEAD_REPEATS = 3
 INVOCATIONS = 1_000
 STEP = 1.0
 MAX_AGE = 300.0
@@ -148,7 +160,7 @@ def secret_calls(
     import boto3
     from moto import mock_aws
 
-    from lambda_db._secrets import SecretProvider
+    from lambda_db._credentials.secret import SecretProvider
     from lambda_db.config import Settings
 
     now = [0.0]
@@ -193,9 +205,67 @@ def secret_calls(
     }
 
 
+def dead_endpoints(budget: float = DEAD_BUDGET, repeats: int = DEAD_REPEATS) -> dict[str, Any]:
+    """Seconds a silent Secrets Manager or container credentials endpoint costs, and the
+    remembered failure after it (milliseconds)."""
+    import socket
+
+    from lambda_db._credentials.iam import IamTokenProvider
+    from lambda_db._credentials.secret import SecretProvider
+    from lambda_db.config import Settings
+
+    arn = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:bench-AbCdEf"
+    secret = Settings(auth_mode="secret", secret_arn=arn)
+    iam = Settings(host=HOST, dbname="app", user=USER, auth_mode="iam", region=REGION)
+    result: dict[str, Any] = {"budget_s": budget, "repeats": repeats}
+    with tempfile.TemporaryDirectory() as scratch, socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.listen(64)  # never accept(): the kernel completes handshakes, nobody answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+        environments = {
+            "secret": {**_environment(scratch), "AWS_ENDPOINT_URL_SECRETS_MANAGER": url},
+            "iam_container": {
+                **{k: v for k, v in _environment(scratch).items() if k not in keys},
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI": url + "/2021-04-23/credentials",
+            },
+        }
+        makers: dict[str, Any] = {
+            "secret": lambda: SecretProvider(secret),
+            "iam_container": lambda: IamTokenProvider(iam),
+        }
+        saved = dict(os.environ)
+        try:
+            for name, env in environments.items():
+                os.environ.clear()
+                os.environ.update(env)
+                first: list[float] = []
+                again: list[float] = []
+                for _ in range(repeats):
+                    provider = makers[name]()
+                    for samples in (first, again):
+                        start = time.perf_counter()
+                        try:
+                            provider.get(budget=budget)
+                        except Exception:  # the typed DatabaseUnavailableError
+                            samples.append(time.perf_counter() - start)
+                        else:
+                            raise AssertionError(f"{name}: a silent endpoint answered")
+                result[f"{name}_first_failure_s"] = round(statistics.median(first), 2)
+                result[f"{name}_first_failure_max_s"] = round(max(first), 2)
+                result[f"{name}_remembered_failure_ms"] = round(statistics.median(again) * 1000, 2)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    return result
+
+
 def run() -> dict[str, Any]:
     """All figures of this module (what ``bench/__main__.py`` collects)."""
-    return {"iam_cold_start": iam_cold_start(), "secret_calls": secret_calls()}
+    return {
+        "iam_cold_start": iam_cold_start(),
+        "secret_calls": secret_calls(),
+        "dead_endpoint": dead_endpoints(),
+    }
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import pytest
 from psycopg2 import sql
 
 import lambda_db
-from lambda_db._iam import IamTokenProvider
-from lambda_db._secrets import SecretProvider
+from lambda_db._credentials.iam import IamTokenProvider
+from lambda_db._credentials.secret import SecretProvider
 from lambda_db.errors import AuthenticationError
 from lambda_db_lab.localpg import LocalPostgres
 from tests.conftest import FakeClock
@@ -147,3 +147,30 @@ def test_iam_mode_loads_botocore_but_not_boto3_or_the_rds_model(aws_env: dict[st
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False []"
+
+
+def test_the_credentials_package_has_no_import_circle() -> None:
+    """Imports go one way: the modes use ``base``, ``_aws`` and ``_budget``; nothing imports
+    a mode or the package itself, except ``make_provider`` importing a mode when asked."""
+    import ast
+    from pathlib import Path
+
+    import lambda_db._credentials as package
+
+    folder = Path(package.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+        imports[path.stem] = {n for n in names if n.startswith("lambda_db._credentials")}
+    prefix = "lambda_db._credentials."
+    assert imports.pop("__init__") == {prefix + m for m in ("base", "password", "secret", "iam")}
+    for module, names in imports.items():
+        assert "lambda_db._credentials" not in names, module
+        assert names <= {prefix + "base", prefix + "_aws", prefix + "_budget"}, module
+    assert imports["base"] == imports["_budget"] == set()
+    assert imports["_aws"] == {prefix + "_budget"}

@@ -9,7 +9,8 @@ import boto3
 import botocore.auth
 import pytest
 
-from lambda_db._iam import IamTokenProvider, muted_loggers, sign_token
+from lambda_db._credentials._aws import muted_loggers
+from lambda_db._credentials.iam import IamTokenProvider, sign_token
 from lambda_db.config import Settings
 from lambda_db.errors import ConfigurationError
 from tests.conftest import FakeClock

@@ -15,7 +15,7 @@ import pytest
 from psycopg2 import sql
 
 import lambda_db
-from lambda_db._iam import IamTokenProvider
+from lambda_db._credentials.iam import IamTokenProvider
 from lambda_db.errors import AuthenticationError
 from lambda_db_lab.localpg import LocalPostgres
 from tests.conftest import FakeClock

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lambda_db._secrets import SecretProvider
+from lambda_db._credentials.secret import SecretProvider
 from lambda_db.config import Settings
 from lambda_db.errors import ConfigurationError, DatabaseUnavailableError
 from tests.conftest import FakeClock
@@ -142,7 +142,9 @@ def test_region_comes_from_the_arn(
         monkeypatch.delenv(name)
     arn = "arn:aws:secretsmanager:ap-southeast-2:123456789012:secret:db-AbCdEf"
     provider = SecretProvider(Settings(auth_mode="secret", secret_arn=arn))
-    assert provider._make_client().meta.region_name == "ap-southeast-2"
+    client = provider._aws.client("secretsmanager", provider._region(), (1.0, 1.0))
+    assert client.meta.region_name == "ap-southeast-2"
+    assert client.meta.endpoint_url == "https://secretsmanager.ap-southeast-2.amazonaws.com"
 
 
 def test_no_region_at_all_is_a_configuration_error(

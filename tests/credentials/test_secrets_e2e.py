@@ -14,7 +14,7 @@ import pytest
 from psycopg2 import sql
 
 import lambda_db
-from lambda_db._secrets import SecretProvider
+from lambda_db._credentials.secret import SecretProvider
 from lambda_db.errors import AuthenticationError
 from lambda_db_lab.localpg import LocalPostgres
 

@@ -16,9 +16,9 @@ import pytest
 
 from lambda_db._connect import connect_with_retry
 from lambda_db._credentials import CredentialProvider, PasswordProvider
-from lambda_db._iam import IamTokenProvider
+from lambda_db._credentials.iam import IamTokenProvider
+from lambda_db._credentials.secret import SecretProvider
 from lambda_db._psycopg2 import Psycopg2Driver
-from lambda_db._secrets import SecretProvider
 from lambda_db.config import Settings
 from lambda_db.errors import ConfigurationError
 

@@ -1,25 +1,17 @@
-"""Credentials: who we log in as, and where a fresh password comes from.
+"""What every credential provider shares: :class:`Credentials` and the provider protocol.
 
 A :class:`CredentialProvider` answers :meth:`~CredentialProvider.get` with
 :class:`Credentials`. The connect loop asks for them before every attempt (a provider
 caches as it sees fit) and, after an authentication failure, asks once more with
 ``refresh=True`` when the provider is :attr:`~CredentialProvider.refreshable`: that is
 how a rotated secret or an expired token recovers without a second failure.
-
-The three modes (``DB_AUTH_MODE``):
-
-* ``password``: ``DB_USER``/``DB_PASSWORD`` from the environment (:class:`PasswordProvider`);
-* ``secret``: a Secrets Manager secret (``lambda_db._secrets``; imports boto3 lazily);
-* ``iam``: an RDS IAM auth token minted locally (``lambda_db._iam``; imports botocore lazily).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from lambda_db.config import ENV_PASSWORD, Settings
-
-__all__ = ["CredentialProvider", "Credentials", "PasswordProvider", "make_provider"]
+__all__ = ["CredentialProvider", "Credentials"]
 
 
 class Credentials:
@@ -63,7 +55,13 @@ class Credentials:
 
 
 class CredentialProvider(Protocol):
-    """Where credentials come from. Implementations never log or show the password."""
+    """Where credentials come from. Implementations never log or show the password.
+
+    Example::
+
+        provider = make_provider(settings)
+        credentials = provider.get(budget=deadline - time.monotonic())
+    """
 
     #: The ``DB_AUTH_MODE`` this provider serves.
     mode: str
@@ -82,7 +80,7 @@ class CredentialProvider(Protocol):
         """Credentials for the next attempt; ``refresh=True`` bypasses every cache.
 
         ``budget`` is how many seconds the caller can wait (the invocation's time left for
-        connecting): a provider that makes network calls must finish or fail within it.
+        connecting): a provider that makes network calls finishes or fails within it.
         ``None``: no invocation deadline (the provider's own bounds apply).
         """
         ...
@@ -92,43 +90,5 @@ class CredentialProvider(Protocol):
         ...
 
     def invalidate(self) -> None:
-        """Forget cached material (SnapStart restore, tests)."""
+        """Forget cached material and remembered failures (SnapStart restore, tests)."""
         ...
-
-
-class PasswordProvider:
-    """``DB_AUTH_MODE=password``: the user and password given in the settings.
-
-    >>> p = PasswordProvider(Settings(host="h", dbname="d", user="u", password="pw"))
-    >>> p.get().user, p.refreshable
-    ('u', False)
-    """
-
-    mode = "password"
-    refreshable = False
-    sensitive = False
-
-    def __init__(self, settings: Settings) -> None:
-        self._credentials = Credentials(user=settings.user, password=settings.password)
-
-    def get(self, *, refresh: bool = False, budget: float | None = None) -> Credentials:
-        return self._credentials
-
-    def describe(self) -> str:
-        return f"the password in {ENV_PASSWORD} for user {self._credentials.user!r}"
-
-    def invalidate(self) -> None:
-        return None
-
-
-def make_provider(settings: Settings) -> CredentialProvider:
-    """The provider for ``settings.auth_mode``; AWS libraries load only in their mode."""
-    if settings.auth_mode == "secret":
-        from lambda_db._secrets import SecretProvider
-
-        return SecretProvider(settings)
-    if settings.auth_mode == "iam":
-        from lambda_db._iam import IamTokenProvider
-
-        return IamTokenProvider(settings)
-    return PasswordProvider(settings)

@@ -17,10 +17,22 @@ Tokens are reused until :attr:`IamTokenProvider.REFRESH_MARGIN` seconds before t
 port, user, region and access key id, on a monotonic clock. ``get(refresh=True)`` -- what
 the connect loop asks after an authentication failure -- always mints a new one.
 
+**AWS credentials** are read at every mint: environment keys (ordinary Lambda) with no
+network call; otherwise botocore's chain, whose container credentials request (SnapStart:
+``AWS_CONTAINER_CREDENTIALS_FULL_URI``) is made within the caller's ``budget``, with
+connect and read timeouts cut to fit and at most :attr:`IamTokenProvider.MAX_ATTEMPTS`
+attempts (``lambda_db._credentials._budget``). A failed read is remembered for
+:attr:`IamTokenProvider.NEGATIVE_TTL` seconds: ``get()`` then fails at once, saying so,
+without a request. There is no stale fallback of our own: botocore already keeps using
+the current AWS credentials when a refresh fails in its advisory window (15 to 10 minutes
+before they expire), so what reaches us is a first read (no credentials to fall back on)
+or a failure in the mandatory window (credentials about to expire).
+
 botocore is imported here, lazily, on the first :meth:`~IamTokenProvider.get`; never by
 ``import lambda_db``. The token travels only as the ``password`` of
-:class:`~lambda_db._credentials.Credentials` (``repr=False``) and is never logged: botocore's
-own DEBUG lines about the signature are muted while we sign (:func:`muted_loggers`).
+:class:`~lambda_db._credentials.base.Credentials` (``repr=False``) and is never logged:
+botocore's own DEBUG lines about the signature are muted while we sign
+(:func:`~lambda_db._credentials._aws.muted_loggers`).
 
 Example::
 
@@ -33,28 +45,33 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from lambda_db._credentials import Credentials
+from lambda_db._credentials._aws import (
+    SENSITIVE_LOGGERS,
+    AwsSession,
+    aws_errors,
+    container_endpoint,
+    failure_reason,
+    is_transient,
+    muted_loggers,
+)
+from lambda_db._credentials._budget import Attempts, Bounds, FailureMemory
+from lambda_db._credentials.base import Credentials
 from lambda_db.config import ENV_AWS_REGION, ENV_REGION, Settings
-from lambda_db.errors import ConfigurationError, DatabaseUnavailableError
+from lambda_db.errors import ConfigurationError, DatabaseUnavailableError, LambdaDbError
 
-__all__ = ["IamTokenProvider", "muted_loggers", "sign_token"]
+__all__ = ["IamTokenProvider", "sign_token"]
 
 logger = logging.getLogger(__name__)
 
 #: The service name RDS IAM tokens are signed for.
 SERVICE = "rds-db"
-
-#: botocore loggers that print signing material (canonical request with the session
-#: token, string to sign, signature) or response bodies (a secret's value) at DEBUG.
-SENSITIVE_LOGGERS = ("botocore.auth", "botocore.parsers", "botocore.endpoint")
 
 
 class _AwsCredentials(NamedTuple):
@@ -74,15 +91,17 @@ class _CachedToken:
 class IamTokenProvider:
     """Credentials whose password is an RDS IAM auth token for ``settings.user``.
 
-    ``clock`` (monotonic seconds) decides when a cached token is too old to reuse;
-    ``credentials`` returns the AWS credentials to sign with (default: botocore's chain,
-    read at every mint so that rotated or refreshed credentials are picked up).
-    ``minted`` counts tokens signed (the stable interface for tests and the bench).
+    ``clock`` (monotonic seconds) decides when a cached token is too old to reuse, how
+    long a failure is remembered, and the deadline of a credentials read; ``sleep`` waits
+    between its attempts; ``credentials`` returns the AWS credentials to sign with
+    (default: botocore's chain, read at every mint so that rotated or refreshed
+    credentials are picked up). ``minted`` counts tokens signed (the stable interface
+    for tests and the bench).
 
     Example::
 
         provider = IamTokenProvider(settings)       # what DB_AUTH_MODE=iam builds
-        creds = provider.get()                      # Credentials(user='app', host=None, ...)
+        creds = provider.get(budget=2.0)            # Credentials(user='app', host=None, ...)
         psycopg2.connect(host=..., user=creds.user, password=creds.password, sslmode=...)
     """
 
@@ -94,18 +113,27 @@ class IamTokenProvider:
     TOKEN_LIFETIME = 15 * 60.0
     #: A cached token is replaced this long before it expires.
     REFRESH_MARGIN = 60.0
+    #: Most attempts to read AWS credentials from the container endpoint per mint.
+    MAX_ATTEMPTS = 3
+    #: The budget of that read when the caller gives none (``budget=None``).
+    DEFAULT_BUDGET = 5.0
+    #: Seconds a failed credentials read is remembered: no new request until they pass.
+    NEGATIVE_TTL = 10.0
 
     def __init__(
         self,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         credentials: Callable[[], _AwsCredentials] | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
+        self._sleep = sleep
         self._credentials_source = credentials
-        self._session: Any = None
+        self._aws = AwsSession()
+        self._failures = FailureMemory()
         self._tokens: dict[tuple[str, int, str, str, str], _CachedToken] = {}
         self._lock = threading.Lock()
         self.minted = 0
@@ -119,13 +147,15 @@ class IamTokenProvider:
     def get(self, *, refresh: bool = False, budget: float | None = None) -> Credentials:
         """Credentials with a token that is valid for at least ``REFRESH_MARGIN`` seconds.
 
-        Raises :class:`ConfigurationError` when no region or no AWS credentials can be
-        found, :class:`DatabaseUnavailableError` when reading them failed (the container
-        credentials endpoint did not answer).
+        Finishes or fails within ``budget`` seconds. Raises :class:`ConfigurationError`
+        when no region or no AWS credentials can be found, and
+        :class:`DatabaseUnavailableError` when reading them failed (the container
+        credentials endpoint did not answer): it names the endpoint and how long the read
+        waited, and is remembered for ``NEGATIVE_TTL`` seconds.
         """
         s = self._settings
         region = self._region()
-        aws = self._aws_credentials()
+        aws = self._aws_credentials(budget)
         key = (s.host, s.port, s.user, region, aws.access_key)
         with self._lock:
             now = self._clock()
@@ -160,10 +190,12 @@ class IamTokenProvider:
         )
 
     def invalidate(self) -> None:
-        """Forget tokens and the botocore session (SnapStart restore: credentials change)."""
+        """Forget tokens, the botocore session and any remembered failure (SnapStart
+        restore: credentials change)."""
         with self._lock:
             self._tokens.clear()
-            self._session = None
+            self._aws = AwsSession()
+            self._failures.forget()
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -177,37 +209,71 @@ class IamTokenProvider:
             )
         return region
 
-    def _aws_credentials(self) -> _AwsCredentials:
+    def _aws_credentials(self, budget: float | None) -> _AwsCredentials:
+        """The AWS credentials to sign with: from the environment at no cost, otherwise
+        from botocore's chain within ``budget`` (a failure is remembered)."""
         if self._credentials_source is not None:
             return self._credentials_source()
-        import botocore.credentials
-        import botocore.exceptions
+        frozen = AwsSession.environment_credentials()
+        if frozen is not None:
+            return _AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+        with self._lock:
+            now = self._clock()
+            remembered = self._failures.active(now, self.NEGATIVE_TTL)
+            if remembered is not None:
+                raise self._failures.recalled(now, self.NEGATIVE_TTL) from remembered
+            if budget is not None and budget < Bounds.MIN_ATTEMPT:
+                raise DatabaseUnavailableError(
+                    f"no time left to read AWS credentials for an IAM auth token: "
+                    f"{budget:.2f} s of the connect budget remained, a read needs "
+                    f"{Bounds.MIN_ATTEMPT:g} s",
+                    budget=budget,
+                )
+            try:
+                aws = self._read_chain(budget)
+            except LambdaDbError as exc:
+                self._failures.remember(exc, at=self._clock())
+                raise
+            self._failures.forget()
+            return aws
 
-        try:
-            # The chain's first link, on its own: with keys in the environment (ordinary
-            # Lambda) the default session's chain returns exactly these, and skipping the
-            # session skips importing botocore.session/client (about 30 ms of cold start).
-            resolved = botocore.credentials.EnvProvider().load()
-            if resolved is None:
-                import botocore.session
-
-                if self._session is None:
-                    self._session = botocore.session.get_session()
-                resolved = self._session.get_credentials()
-            frozen = resolved.get_frozen_credentials() if resolved is not None else None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise DatabaseUnavailableError(
-                f"could not read AWS credentials to sign an IAM auth token "
-                f"({type(exc).__name__}); retry later, and check the function's role"
-            ) from exc
-        if frozen is None or not frozen.access_key or not frozen.secret_key:
-            raise ConfigurationError(
-                "IAM database authentication found no AWS credentials in botocore's chain "
-                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, container or instance role); "
-                "Lambda provides them from the function's role",
-                variable="AWS_ACCESS_KEY_ID",
-            )
-        return _AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+    def _read_chain(self, budget: float | None) -> _AwsCredentials:
+        bounds = Bounds(AwsSession.CONTAINER_CONNECT_TIMEOUT, AwsSession.CONTAINER_READ_TIMEOUT,
+                        self.MAX_ATTEMPTS, self.DEFAULT_BUDGET)  # fmt: skip
+        attempts = Attempts(bounds, budget, clock=self._clock, sleep=self._sleep)
+        url = container_endpoint()
+        where = f"the container credentials endpoint {url}" if url else "botocore's chain"
+        last: BaseException | None = None
+        for attempt in attempts:
+            try:
+                frozen = self._aws.credentials(attempts.remaining)
+            except aws_errors() as exc:
+                if not is_transient(exc):
+                    raise ConfigurationError(
+                        f"cannot read AWS credentials to sign an IAM auth token from "
+                        f"{where}: {failure_reason(exc)}",
+                        variable="AWS_ACCESS_KEY_ID",
+                    ) from exc
+                last = exc
+                logger.info(
+                    "attempt %d to read AWS credentials from %s failed after %.2f s (%s)",
+                    attempt, where, attempts.elapsed(), failure_reason(exc),
+                )  # fmt: skip
+                continue
+            if frozen is None or not frozen.access_key or not frozen.secret_key:
+                raise ConfigurationError(
+                    "IAM database authentication found no AWS credentials in botocore's "
+                    "chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, container or instance "
+                    "role); Lambda provides them from the function's role",
+                    variable="AWS_ACCESS_KEY_ID",
+                )
+            return _AwsCredentials(frozen.access_key, frozen.secret_key, frozen.token)
+        raise DatabaseUnavailableError(
+            f"could not read AWS credentials to sign an IAM auth token: {where} failed "
+            f"({failure_reason(last)}) on each of {attempts.summary()}; retry later, and "
+            f"check the function's role",
+            budget=attempts.budget,
+        ) from last
 
 
 def sign_token(
@@ -240,43 +306,3 @@ def sign_token(
         SigV4QueryAuth(credentials, SERVICE, region, expires=expires).add_auth(request)
     url: str = request.prepare().url
     return url[len(scheme) :]
-
-
-class _MuteFilter(logging.Filter):
-    """Drops every record while the current thread is inside :func:`muted_loggers`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.local, "depth", 0)
-
-
-_MUTE = _MuteFilter()
-
-
-@contextlib.contextmanager
-def muted_loggers(*names: str) -> Iterator[None]:
-    """Silence the named loggers in this thread for the duration of the block.
-
-    botocore logs the canonical request (with ``X-Amz-Security-Token``) and the
-    signature from ``botocore.auth``, and every response body from ``botocore.parsers``,
-    at DEBUG. Signing a token or reading a secret must not end up in a log, whatever
-    level the function runs at. Other threads and other loggers are unaffected.
-
-    Example::
-
-        >>> with muted_loggers("botocore.parsers"):
-        ...     logging.getLogger("botocore.parsers").warning("not shown")
-    """
-    for name in names:
-        target = logging.getLogger(name)
-        if _MUTE not in target.filters:
-            target.addFilter(_MUTE)
-    local = _MUTE.local
-    local.depth = getattr(local, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        local.depth -= 1
