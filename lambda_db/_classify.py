@@ -19,6 +19,7 @@ __all__ = [
     "brief",
     "classify",
     "classify_connect_error",
+    "conflict",
     "disconnected",
     "is_disconnect",
 ]
@@ -47,6 +48,8 @@ CRASH_SHUTDOWN = "57P02"
 INVALID_PASSWORD = "28P01"  # noqa: S105 (a SQLSTATE)
 INVALID_AUTHORIZATION = "28000"
 INVALID_CATALOG_NAME = "3D000"
+SERIALIZATION_FAILURE = "40001"
+DEADLOCK_DETECTED = "40P01"
 _DISCONNECT_CODES = (ADMIN_SHUTDOWN, CRASH_SHUTDOWN, CANNOT_CONNECT_NOW)
 
 _LIMIT_WORDINGS = (
@@ -211,3 +214,18 @@ def brief(exc: BaseException) -> str:
     """
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def conflict(exc: BaseException, driver: Driver) -> bool:
+    """True when ``exc``, or an exception in its ``__cause__`` chain, is a serialization
+    failure (``40001``) or a deadlock (``40P01``): running the transaction again may succeed.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; a cycle must not loop forever
+        if seen is None:
+            return False
+        info = driver.error_info(seen)
+        if info is not None and info.sqlstate in (SERIALIZATION_FAILURE, DEADLOCK_DETECTED):
+            return True
+        seen = seen.__cause__
+    return False

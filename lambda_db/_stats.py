@@ -22,7 +22,8 @@ class Stats:
     ``auth_refreshes`` credential refreshes after an authentication failure;
     ``leftover_rollbacks`` transactions of an earlier invocation found open;
     ``invocations`` scopes entered, ``checkouts`` those that used the database at all;
-    ``commits`` and ``rollbacks`` their outcomes; ``connections_lost`` invocations whose
+    ``commits`` and ``rollbacks`` their outcomes; ``conflict_retries`` handlers run again
+    after a serialization failure or deadlock; ``connections_lost`` invocations whose
     connection died under them, ``deadlines_exceeded`` those cut at the deadline (a subset).
 
     >>> Stats().as_dict()["connects"]
@@ -33,6 +34,7 @@ class Stats:
         "auth_refreshes",
         "checkouts",
         "commits",
+        "conflict_retries",
         "connections_lost",
         "connects",
         "deadlines_exceeded",
@@ -48,6 +50,7 @@ class Stats:
     auth_refreshes: int
     checkouts: int
     commits: int
+    conflict_retries: int
     connections_lost: int
     connects: int
     deadlines_exceeded: int

@@ -134,6 +134,15 @@ class Database:
             self._driver = get_driver(self.settings.driver)
         return self._driver
 
+    @property
+    def current(self) -> Invocation | None:
+        """The invocation scope in progress on this Database, or ``None``.
+
+        For integrations that must join the invocation's transaction rather than start
+        their own (``lambda_db.sqlalchemy.with_session`` stacked with ``with_connection``).
+        """
+        return self._scope
+
     # -- handing out the connection ------------------------------------------------------
 
     def invocation(

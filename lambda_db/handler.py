@@ -17,14 +17,23 @@ in any order, because it passes ``(event, context, *args, **kwargs)`` through un
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+from lambda_db._classify import conflict
 from lambda_db._invocation import check_options
 from lambda_db.database import Connection, Database
+from lambda_db.errors import ConfigurationError
 
 __all__ = ["default_database", "get_connection", "reset", "with_connection"]
+
+logger = logging.getLogger(__name__)
+
+#: No retry of a conflicted handler starts with less than this left before the connect
+#: deadline (seconds): the retry needs time to run, not only to start.
+MIN_RETRY_TIME = 0.05
 
 _default: Database | None = None
 _default_lock = threading.Lock()
@@ -82,6 +91,7 @@ def with_connection(
     isolation_level: str | None = None,
     readonly: bool | None = None,
     deferrable: bool | None = None,
+    retry_serialization_failures: int = 0,
 ) -> Callable[[Handler], Handler]: ...
 
 
@@ -94,6 +104,7 @@ def with_connection(
     isolation_level: str | None = None,
     readonly: bool | None = None,
     deferrable: bool | None = None,
+    retry_serialization_failures: int = 0,
 ) -> Callable[[Callable[..., R]], Callable[..., R]]: ...
 
 
@@ -107,6 +118,7 @@ def with_connection(
     isolation_level: str | None = None,
     readonly: bool | None = None,
     deferrable: bool | None = None,
+    retry_serialization_failures: int = 0,
 ) -> Any:
     """Scope each invocation: connect at first use, commit on return, roll back on raise.
 
@@ -120,7 +132,14 @@ def with_connection(
       single-statement reads;
     * ``isolation_level`` (``"SERIALIZABLE"``, ``"REPEATABLE READ"``, ...), ``readonly``,
       ``deferrable``: for each invocation's transaction (sent with ``BEGIN``; no session
-      ``SET``, so no RDS Proxy pinning).
+      ``SET``, so no RDS Proxy pinning);
+    * ``retry_serialization_failures=N``: when the handler fails with a serialization
+      failure (SQLSTATE ``40001``) or a deadlock (``40P01``), in a statement or at
+      ``COMMIT``, its transaction is rolled back and the *whole handler* runs again, up to
+      ``N`` more times, after a jittered backoff, while the connect deadline leaves time.
+      Single statements are never replayed. Side effects outside the database (an HTTP
+      call, a message sent) repeat with the handler unless it is idempotent. The error must
+      propagate out of the handler (as itself or as the cause of what it raises).
 
     Every database wait ends before the function's timeout (``context``'s time left minus
     ``DB_DEADLINE_MARGIN``): connect retries stop at the margin, and a statement still
@@ -134,21 +153,49 @@ def with_connection(
             ...
     """
     check_options(autocommit, isolation_level, readonly, deferrable)  # at decoration time
+    if isinstance(retry_serialization_failures, bool) or not (
+        isinstance(retry_serialization_failures, int) and retry_serialization_failures >= 0
+    ):
+        raise ConfigurationError(
+            "retry_serialization_failures is how many times to re-run the handler: an "
+            f"integer >= 0, got {retry_serialization_failures!r}",
+            variable="retry_serialization_failures",
+        )
 
     def decorate(func: Handler) -> Handler:
         @functools.wraps(func)
         def wrapper(event: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
             db = database if database is not None else default_database()
-            with db.invocation(
-                context,
-                autocommit=autocommit,
-                isolation_level=isolation_level,
-                readonly=readonly,
-                deferrable=deferrable,
-            ) as scope:
-                if inject is not None:
-                    kwargs[inject] = scope.connection
-                return func(event, context, *args, **kwargs)
+            retries = 0
+            while True:
+                scope = db.invocation(
+                    context,
+                    autocommit=autocommit,
+                    isolation_level=isolation_level,
+                    readonly=readonly,
+                    deferrable=deferrable,
+                )
+                try:
+                    with scope:
+                        if inject is not None:
+                            kwargs[inject] = scope.connection
+                        return func(event, context, *args, **kwargs)
+                except Exception as exc:
+                    if retries >= retry_serialization_failures or not conflict(exc, db.driver):
+                        raise
+                    wait = db._backoff.delay(retries)
+                    left = scope.deadline.left()
+                    if left - wait < MIN_RETRY_TIME:
+                        raise
+                    retries += 1
+                    db.stats.conflict_retries += 1
+                    db.emit("ConflictRetries")
+                    logger.info(
+                        "the handler's transaction conflicted (%s); running it again in "
+                        "%.3f s (retry %d of %d, %.2f s left)",
+                        type(exc).__name__, wait, retries, retry_serialization_failures, left,
+                    )  # fmt: skip
+                    db._sleep(wait)
 
         return wrapper  # type: ignore[return-value]
 
