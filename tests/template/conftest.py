@@ -33,6 +33,8 @@ FUNCTION_BY_PREFIX = {
 }
 #: The variables env.json points at a database; the tests aim them at their own.
 DB_VARIABLES = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_AUTH_MODE")
+#: The application role the schema events name; ``run`` gives each test its own instead.
+EVENTS_APP_USER = "app_user"
 #: The schema setup's local-only variable: the application role's password.
 APP_PASSWORD_VARIABLE = "APP_DB_PASSWORD"
 
@@ -214,7 +216,7 @@ def run(env_vars: dict[str, Any], cloudformation: CloudFormation, app_role: AppR
         if "ResponseURL" in payload:
             payload = {**payload, "ResponseURL": cloudformation.url}
         properties = payload.get("ResourceProperties")
-        if isinstance(properties, dict) and "AppUser" in properties:
+        if isinstance(properties, dict) and properties.get("AppUser") == EVENTS_APP_USER:
             payload = {**payload, "ResourceProperties": {**properties, "AppUser": app_role.name}}
         return invoke(
             function_for(name),
