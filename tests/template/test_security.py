@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from tests.template.conftest import TEMPLATE
 from tests.template.test_structure import FUNCTION, function_env, props, resources
 
 PROXY_RESOURCE_ID = {
@@ -45,6 +48,18 @@ def test_every_api_method_requires_iam_sigv4(transformed: dict[str, Any]) -> Non
         # API Gateway calls the function through the function's resource policy, not
         # with the caller's credentials (which would need lambda:InvokeFunction too).
         assert "credentials" not in spec["x-amazon-apigateway-integration"], (path, method)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # samtranslator's own
+def test_sam_cli_sees_every_api_event_authorized() -> None:
+    # The check behind `sam deploy --guided`'s "has no authentication. Is this okay?".
+    from samcli.commands.deploy.auth_utils import auth_per_resource
+    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+
+    stacks, _ = SamLocalStackProvider.get_stacks(str(TEMPLATE))
+    verdicts = auth_per_resource(stacks)
+    assert len(verdicts) == 5
+    assert all(authorized for _, authorized in verdicts), verdicts
 
 
 def test_api_events_all_use_the_protected_api(template: dict[str, Any]) -> None:
