@@ -181,7 +181,7 @@ def test_proxy_role_reads_the_master_secret_and_logs_in_as_the_app_role_only(
     role = props(template, "ProxyRole")
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"Service": "rds.amazonaws.com"}
-    secret, connect = role["Policies"]
+    (secret,) = role["Policies"]
     read, decrypt = secret["PolicyDocument"]["Statement"]
     assert (read["Action"], read["Resource"]) == (
         "secretsmanager:GetSecretValue",
@@ -193,6 +193,8 @@ def test_proxy_role_reads_the_master_secret_and_logs_in_as_the_app_role_only(
             "kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}
         }
     }
+    connect = props(template, "ProxyConnectPolicy")
+    assert connect["RoleName"] == {"Ref": "ProxyRole"}
     (statement,) = connect["PolicyDocument"]["Statement"]
     assert statement["Action"] == "rds-db:connect"
     # The instance's resource id (db-...), not the proxy's: this is the proxy's own login.
@@ -209,6 +211,13 @@ def test_nothing_but_the_proxy_reads_the_secret(transformed: dict[str, Any]) -> 
         if "secretsmanager:" in repr(resource.get("Properties", {}).get("Policies", ""))
         or "secretsmanager:" in repr(resource.get("Properties", {}).get("PolicyDocument", ""))
     ]
+    # ...and nothing but the proxy may log in to the database as the application role.
+    connect = [
+        name
+        for name, resource in resources(transformed, "AWS::IAM::RolePolicy").items()
+        if "rds-db:connect" in repr(resource["Properties"]["PolicyDocument"])
+    ]
+    assert connect == ["ProxyConnectPolicy"]
     assert readers == ["ProxyRole"]
 
 

@@ -152,6 +152,11 @@ def test_target_group_is_default_and_borrow_timeout_beats_every_function_timeout
     template: dict[str, Any],
 ) -> None:
     group = props(template, "ProxyTargetGroup")
+    # After the secret is attached and the proxy may log in as the application role.
+    assert template["Resources"]["ProxyTargetGroup"]["DependsOn"] == [
+        "DatabaseSecretAttachment",
+        "ProxyConnectPolicy",
+    ]
     assert group["TargetGroupName"] == "default"
     assert group["DBProxyName"] == {"Ref": "Proxy"}
     assert group["DBInstanceIdentifiers"] == [{"Ref": "Database"}]
