@@ -6,6 +6,14 @@ The seed article's "Step 1" as a function: :func:`collect` reads ``pg_stat_activ
 ``report.limits`` as metrics. Only the standard library and psycopg2 are used, so the
 module ships inside a Lambda deployment package.
 
+The report also gives each login role in sight (the connecting one, and every one with a
+client session) its effective ``statement_timeout`` and
+``idle_in_transaction_session_timeout`` (:class:`RoleTimeouts`): a role whose value is 0
+lets a statement, or a forgotten transaction, hold its connection and locks forever. The
+effective value is PostgreSQL's order: ``ALTER ROLE r IN DATABASE d SET``, then
+``ALTER ROLE r SET``, then ``ALTER DATABASE d SET`` (all in ``pg_db_role_setting``), then
+the server's own value (``postgresql.conf``, the RDS parameter group).
+
 Permissions: an ordinary role can run it. Every role sees every session's user,
 database and application name, so the counts and limits are complete. The *state*
 and ages of another role's sessions are visible only with ``pg_read_all_stats``
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -35,6 +44,7 @@ __all__ = [
     "ActivityGroup",
     "LimitUsage",
     "Report",
+    "RoleTimeouts",
     "Session",
     "collect",
 ]
@@ -48,6 +58,21 @@ DEFAULT_THRESHOLD = 0.8
 
 #: The session states a straggler can be in.
 IDLE_STATES = ("idle", "idle in transaction", "idle in transaction (aborted)")
+
+#: The timeouts every login role should have: with 0 (PostgreSQL's default, "never") a
+#: stuck statement or an abandoned transaction holds its connection and locks forever.
+TIMEOUT_SETTINGS = ("statement_timeout", "idle_in_transaction_session_timeout")
+
+#: Roles AWS runs on RDS and RDS Proxy (health checks, administration): not ours to alter.
+MANAGED_ROLES = frozenset({"rdsadmin", "rdsproxyadmin", "rdsrepladmin", "rdstopmgr"})
+
+#: ``pg_settings.source`` values that are the server's own configuration; any other
+#: (``user``, ``database``, ``database user``, ``client``, ``session``) is this session's.
+_SERVER_SOURCES = frozenset(
+    {"default", "configuration file", "command line", "environment variable", "override"}
+)
+
+_ZERO = re.compile(r"^\s*0+(\.0*)?\s*(us|ms|s|min|h|d)?\s*$")
 
 # A client session. Rows hidden by pg_stat_activity (another role's session, no
 # pg_read_all_stats) have a NULL backend_type; client backends are the hidden rows with
@@ -91,6 +116,33 @@ SELECT d.datname, d.datconnlimit,
   FROM pg_database d
  WHERE d.datconnlimit >= 0 AND d.datallowconn
  ORDER BY d.datname
+"""
+
+_ROLE_SETTINGS_SQL = """
+SELECT coalesce(r.rolname, ''), coalesce(d.datname, ''), s.setconfig
+  FROM pg_db_role_setting s
+  LEFT JOIN pg_roles r ON r.oid = s.setrole
+  LEFT JOIN pg_database d ON d.oid = s.setdatabase
+"""
+
+_LOGIN_ROLES_SQL = """
+SELECT rolname FROM pg_roles
+ WHERE rolcanlogin AND NOT rolsuper AND rolname = ANY(%(names)s)
+"""
+
+_SERVER_SETTINGS_SQL = """
+SELECT name, setting, coalesce(unit, ''), source, boot_val
+  FROM pg_settings WHERE name = ANY(%(names)s)
+"""
+
+# pg_file_settings is a superuser's only (unless EXECUTE on its function was granted).
+_CAN_READ_FILE_SETTINGS_SQL = (
+    "SELECT has_function_privilege('pg_show_all_file_settings()', 'EXECUTE')"
+)
+
+_FILE_SETTINGS_SQL = """
+SELECT name, setting FROM pg_file_settings
+ WHERE name = ANY(%(names)s) AND applied AND error IS NULL
 """
 
 _STRAGGLERS_SQL = """
@@ -184,6 +236,41 @@ class Session:
 
 
 @dataclass(frozen=True)
+class RoleTimeouts:
+    """The session timeouts a login role gets in a database, and where each comes from.
+
+    ``settings`` maps each of :data:`TIMEOUT_SETTINGS` to its effective value as
+    PostgreSQL stores it (``"5s"``, ``"5000"``: milliseconds when no unit is given, ``"0"``:
+    never); ``sources`` says where it comes from: ``"role in database"``, ``"role"``,
+    ``"database"``, ``"server"``, or ``"unknown"`` when the server's own value is hidden
+    from this session (its own role or database overrides it, and only a superuser may
+    read ``pg_file_settings``). ``unset`` lists the settings that are 0.
+
+    >>> t = RoleTimeouts("app", "app", {"statement_timeout": "5s",
+    ...     "idle_in_transaction_session_timeout": "0"},
+    ...     {"statement_timeout": "role", "idle_in_transaction_session_timeout": "server"})
+    >>> t.unset
+    ['idle_in_transaction_session_timeout']
+    """
+
+    role: str
+    database: str
+    settings: dict[str, str]
+    sources: dict[str, str]
+
+    @property
+    def unset(self) -> list[str]:
+        """The settings whose effective value is 0 (no timeout), in :data:`TIMEOUT_SETTINGS`
+        order; a setting whose value is unknown is not listed."""
+        return [
+            name
+            for name in TIMEOUT_SETTINGS
+            if self.sources.get(name, "unknown") != "unknown"
+            and _ZERO.match(self.settings.get(name, ""))
+        ]
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything :func:`collect` saw, at one instant (``taken_at``, server clock).
 
@@ -191,6 +278,8 @@ class Report:
     role cannot see (``GRANT pg_monitor`` shows them). ``stragglers`` are idle sessions
     older than the ``idle_age`` given to :func:`collect`, oldest first;
     ``straggler_count`` counts them all even when the list is truncated.
+    ``role_timeouts`` has one entry per login role and database in sight (the connecting
+    role, and every role with a client session; superusers and AWS's own roles left out).
     """
 
     taken_at: datetime.datetime
@@ -211,6 +300,7 @@ class Report:
     straggler_count: int = 0
     idle_age: float = 0.0
     hidden_sessions: int = 0
+    role_timeouts: list[RoleTimeouts] = field(default_factory=list)
 
     @property
     def client_sessions(self) -> int:
@@ -227,6 +317,17 @@ class Report:
         ['app']
         """
         return [usage for usage in self.limits if usage.utilization >= threshold]
+
+    def without_timeouts(self) -> list[RoleTimeouts]:
+        """The roles (per database) with a :data:`TIMEOUT_SETTINGS` entry of 0.
+
+        >>> r = Report(datetime.datetime.now(datetime.UTC), 150000, "app", "app", False,
+        ...            False, 1, 100, 3, 0, "0", "0", role_timeouts=[RoleTimeouts("app", "app",
+        ...            {"statement_timeout": "0"}, {"statement_timeout": "server"})])
+        >>> [t.role for t in r.without_timeouts()]
+        ['app']
+        """
+        return [timeouts for timeouts in self.role_timeouts if timeouts.unset]
 
     def count(self, *, user: str | None = None, state: str | None = None) -> int:
         """Client sessions matching ``user`` and ``state`` (``None`` matches any)."""
@@ -247,6 +348,9 @@ class Report:
         ]
         for item in data["stragglers"]:
             item["backend_start"] = item["backend_start"].isoformat()
+        data["role_timeouts"] = [
+            {**asdict(timeouts), "unset": timeouts.unset} for timeouts in self.role_timeouts
+        ]
         return data
 
 
@@ -334,6 +438,8 @@ def _collect(cur: psycopg2.extensions.cursor, *, idle_age: float, max_stragglers
     ]
     can_see_all = bool(is_super or read_all)
     hidden = 0 if can_see_all else sum(g.count for g in groups if g.state is None)
+    pairs = {(user, database)} | {(g.user, g.database) for g in groups if g.user and g.database}
+    role_timeouts = _role_timeouts(cur, pairs)
     return Report(
         taken_at=taken_at,
         server_version_num=version,
@@ -353,7 +459,62 @@ def _collect(cur: psycopg2.extensions.cursor, *, idle_age: float, max_stragglers
         straggler_count=len(rows),
         idle_age=float(idle_age),
         hidden_sessions=hidden,
+        role_timeouts=role_timeouts,
     )
+
+
+def _role_timeouts(
+    cur: psycopg2.extensions.cursor, pairs: set[tuple[str, str]]
+) -> list[RoleTimeouts]:
+    """Each login role's effective timeouts in each database, in PostgreSQL's order."""
+    names = list(TIMEOUT_SETTINGS)
+    cur.execute(_LOGIN_ROLES_SQL, {"names": sorted({role for role, _ in pairs})})
+    login = {role for (role,) in cur.fetchall()} - MANAGED_ROLES
+    cur.execute(_ROLE_SETTINGS_SQL)
+    configured: dict[tuple[str, str], dict[str, str]] = {}
+    for role, database, config in cur.fetchall():
+        entries = dict(item.split("=", 1) for item in config or [] if "=" in item)
+        configured[(role, database)] = {k: v for k, v in entries.items() if k in names}
+    server = _server_settings(cur, names)
+    result = []
+    for role, database in sorted(pair for pair in pairs if pair[0] in login):
+        settings: dict[str, str] = {}
+        sources: dict[str, str] = {}
+        for name in names:
+            for key, source in (
+                ((role, database), "role in database"),
+                ((role, ""), "role"),
+                (("", database), "database"),
+            ):
+                if name in configured.get(key, {}):
+                    settings[name], sources[name] = configured[key][name], source
+                    break
+            else:
+                value = server.get(name)
+                settings[name] = value if value is not None else ""
+                sources[name] = "server" if value is not None else "unknown"
+        result.append(RoleTimeouts(role, database, settings, sources))
+    return result
+
+
+def _server_settings(cur: psycopg2.extensions.cursor, names: list[str]) -> dict[str, str]:
+    """The server's own value of each setting; missing where this session cannot tell."""
+    cur.execute(_SERVER_SETTINGS_SQL, {"names": names})
+    rows = cur.fetchall()
+    values = {
+        name: f"{setting}{unit}" if setting != "0" else "0"
+        for name, setting, unit, source, _ in rows
+        if source in _SERVER_SOURCES
+    }
+    hidden = {name: boot for name, _, _, source, boot in rows if source not in _SERVER_SOURCES}
+    if hidden:
+        cur.execute(_CAN_READ_FILE_SETTINGS_SQL)
+        if _one(cur)[0]:
+            cur.execute(_FILE_SETTINGS_SQL, {"names": list(hidden)})
+            in_file = dict(cur.fetchall())
+            for name, boot in hidden.items():
+                values[name] = in_file.get(name, boot)
+    return values
 
 
 def _one(cur: psycopg2.extensions.cursor) -> tuple[Any, ...]:

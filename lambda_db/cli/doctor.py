@@ -3,11 +3,17 @@
 Connections grouped by user, database, state and application; ``max_connections`` and
 the reserved slots; every role (``rolconnlimit``) and database (``datconnlimit``) limit
 with its use and headroom; sessions idle (or idle in transaction) for longer than
-``--idle-age``; a warning for each limit at or above ``--threshold`` (80 %, the article's
-alarm) and recommendations tied to what was found.
+``--idle-age``; the effective ``statement_timeout`` and
+``idle_in_transaction_session_timeout`` of every login role in sight (the connecting one
+and those with sessions), with where each comes from; a warning for each limit at or
+above ``--threshold`` (80 %, the article's alarm) and for each role without one of those
+timeouts, and recommendations tied to what was found (``ALTER ROLE ... SET`` for a
+missing timeout: a role default is applied by the server at login, costs nothing per
+invocation and, unlike a ``SET`` sent by the client, does not pin RDS Proxy sessions).
 
 Exit status: 0 when every limit is below the threshold, 1 when one is at or above it
-(so it can run from monitoring), 2 when the server cannot be reached.
+(so it can run from monitoring), 2 when the server cannot be reached. A missing timeout is
+warned about but does not change the exit status.
 
 Example::
 
@@ -31,14 +37,25 @@ from lambda_db.cli._output import (
     summary,
     table,
 )
-from lambda_db.diagnostics import DEFAULT_THRESHOLD, LimitUsage, Report, collect
+from lambda_db.diagnostics import (
+    DEFAULT_THRESHOLD,
+    TIMEOUT_SETTINGS,
+    LimitUsage,
+    Report,
+    RoleTimeouts,
+    collect,
+)
 
-__all__ = ["add_parser", "recommendations", "render", "run", "warnings"]
+__all__ = ["add_parser", "fix_timeouts", "recommendations", "render", "run", "warnings"]
 
 logger = logging.getLogger(__name__)
 
 #: Sessions idle this long are listed as stragglers (the article's kill query uses 10 minutes).
 DEFAULT_IDLE_AGE = 10 * 60.0
+
+#: What the advice suggests for a missing timeout. A Lambda function's statements and
+#: transactions should end before the function does (10 s in the example stack).
+SUGGESTED_TIMEOUTS = {"statement_timeout": "5s", "idle_in_transaction_session_timeout": "10s"}
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -115,12 +132,41 @@ def _describe_limit(u: LimitUsage) -> str:
     return f'{u.scope} "{u.name}"'
 
 
+def _quote(name: str) -> str:
+    """A role or database name as an SQL identifier.
+
+    >>> _quote("app"), _quote('we"ird')
+    ('"app"', '"we""ird"')
+    """
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _describe_timeouts(t: RoleTimeouts) -> str:
+    unset = " and ".join(f"no {name} (0, from the {t.sources[name]})" for name in t.unset)
+    return f"role {_quote(t.role)} in database {_quote(t.database)} runs with {unset}"
+
+
 def warnings(report: Report, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
-    """One line per limit at or above ``threshold``."""
-    return [
+    """One line per limit at or above ``threshold``, and per role without a timeout."""
+    found = [
         f"{_describe_limit(u)} is at {percent(u.utilization)} of its connection limit "
         f"({u.used} of {u.limit}, headroom {u.headroom})"
         for u in report.over(threshold)
+    ]
+    found += [_describe_timeouts(t) for t in report.without_timeouts()]
+    return found
+
+
+def fix_timeouts(timeouts: RoleTimeouts) -> list[str]:
+    """The ``ALTER ROLE`` statements that give a role the timeouts it lacks.
+
+    >>> print(*fix_timeouts(RoleTimeouts("app", "db", {"statement_timeout": "0"},
+    ...     {"statement_timeout": "server"})))
+    ALTER ROLE "app" SET statement_timeout = '5s'
+    """
+    return [
+        f"ALTER ROLE {_quote(timeouts.role)} SET {name} = '{SUGGESTED_TIMEOUTS[name]}'"
+        for name in timeouts.unset
     ]
 
 
@@ -155,9 +201,17 @@ def recommendations(report: Report, threshold: float = DEFAULT_THRESHOLD) -> lis
         advice.append(
             f"{len(in_tx)} session(s) idle in transaction for over "
             f"{format_duration(report.idle_age)} (oldest {format_duration(in_tx[0].state_age)}) "
-            "hold locks and a slot: set idle_in_transaction_session_timeout = '5min' "
-            "(ALTER ROLE ... SET, or the parameter group); lambda-db can set it per "
-            "transaction with DB_IDLE_IN_TRANSACTION_TIMEOUT."
+            "hold locks and a slot: set idle_in_transaction_session_timeout (ALTER ROLE ... "
+            "SET for the roles concerned, or server-wide in the parameter group)."
+        )
+    for timeouts in report.without_timeouts():
+        statements = "; ".join(fix_timeouts(timeouts))
+        advice.append(
+            f"Give role {_quote(timeouts.role)} the timeouts it lacks ({statements}), with "
+            "values below the timeout of the functions using it: the server then applies "
+            "them to every new session of that role, at no cost per invocation and without "
+            "pinning RDS Proxy sessions (a SET sent by the client would pin). Sessions "
+            "already open keep their old values."
         )
     idle = [s for s in report.stragglers if s.state == "idle"]
     if idle:
@@ -169,6 +223,16 @@ def recommendations(report: Report, threshold: float = DEFAULT_THRESHOLD) -> lis
             "connections, or environments that will not be invoked again. "
             f"'lambda-db terminate-idle --user {user} --older-than "
             f"{format_duration(report.idle_age)}' lists them (a dry run)."
+        )
+    unknown = sorted(
+        {name for t in report.role_timeouts for name, s in t.sources.items() if s == "unknown"}
+    )
+    if unknown:
+        advice.append(
+            f"The server's own {' and '.join(unknown)} is hidden from this session (its role "
+            "or database overrides it, and only a superuser may read pg_file_settings): roles "
+            "shown with '(unknown)' get that value. Check it in the parameter group, or run "
+            "the doctor as a role without overrides."
         )
     if report.hidden_sessions:
         advice.append(
@@ -254,6 +318,26 @@ def render(report: Report, *, where: str, threshold: float = DEFAULT_THRESHOLD) 
             f"only ({report.hidden_sessions} other session(s) now counted without them); "
             "pg_monitor shows all.",
         ]
+    if report.role_timeouts:
+        out += ["", "Session timeouts of login roles (0: never; where each value comes from)"]
+        out.append(
+            table(
+                ["role", "database", *TIMEOUT_SETTINGS, ""],
+                [
+                    (
+                        t.role,
+                        t.database,
+                        *(
+                            f"{t.settings[name] or '?'} ({t.sources[name]})"
+                            for name in TIMEOUT_SETTINGS
+                        ),
+                        "WARNING" if t.unset else "",
+                    )
+                    for t in report.role_timeouts
+                ],
+                indent="  ",
+            )
+        )
     found = warnings(report, threshold)
     out += ["", "Warnings" if found else "Warnings: none"]
     out += [f"  - {w}" for w in found]

@@ -5,9 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import psycopg2
 import psycopg2.extensions
 
-from lambda_db.diagnostics import LimitUsage, collect
+from lambda_db.diagnostics import (
+    MANAGED_ROLES,
+    TIMEOUT_SETTINGS,
+    LimitUsage,
+    RoleTimeouts,
+    collect,
+)
 from tests.cli.conftest import Sessions
 from tests.conftest import AppDb
 
@@ -150,3 +157,127 @@ def test_import_lambda_db_does_not_import_the_cli() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- role timeouts
+
+
+def _timeouts(app_db: AppDb, role: str | None = None) -> RoleTimeouts:
+    conn = app_db.connect()
+    try:
+        report = collect(conn)
+    finally:
+        conn.close()
+    (found,) = [t for t in report.role_timeouts if t.role == (role or app_db.role)]
+    return found
+
+
+def test_a_role_without_timeouts_is_flagged_with_the_server_as_source(app_db: AppDb) -> None:
+    found = _timeouts(app_db)
+    assert found.database == app_db.name
+    assert found.settings == {
+        "statement_timeout": "0",
+        "idle_in_transaction_session_timeout": "0",
+    }
+    assert found.sources == dict.fromkeys(TIMEOUT_SETTINGS, "server")
+    assert found.unset == list(TIMEOUT_SETTINGS)
+
+
+def test_effective_value_follows_postgresqls_order(app_db: AppDb) -> None:
+    role, database = f'"{app_db.role}"', f'"{app_db.name}"'
+    app_db.query(f"ALTER DATABASE {database} SET statement_timeout = '7s'")
+    assert (_timeouts(app_db).settings["statement_timeout"], "database") == (
+        "7s",
+        _timeouts(app_db).sources["statement_timeout"],
+    )
+    app_db.query(f"ALTER ROLE {role} SET statement_timeout = '6s'")
+    app_db.query(f"ALTER ROLE {role} SET idle_in_transaction_session_timeout = 3000")
+    found = _timeouts(app_db)
+    assert (found.settings["statement_timeout"], found.sources["statement_timeout"]) == (
+        "6s",
+        "role",
+    )
+    assert found.settings["idle_in_transaction_session_timeout"] == "3000"
+    app_db.query(f"ALTER ROLE {role} IN DATABASE {database} SET statement_timeout = '4s'")
+    found = _timeouts(app_db)
+    assert (found.settings["statement_timeout"], found.sources["statement_timeout"]) == (
+        "4s",
+        "role in database",
+    )
+    assert found.unset == []
+    app_db.query(f"ALTER ROLE {role} IN DATABASE {database} SET statement_timeout = 0")
+    assert _timeouts(app_db).unset == ["statement_timeout"]  # 0 set explicitly is still 0
+
+
+def test_every_connected_login_role_is_checked_but_superusers(app_db: AppDb) -> None:
+    other = f"{app_db.name}_other"
+    app_db.pg.create_role(other, "pw-other")
+    admin = app_db.admin()  # a superuser session: not ours to advise
+    try:
+        conn = psycopg2.connect(
+            **app_db.pg.connect_kwargs(user=other, password="pw-other", dbname=app_db.name)
+        )
+        try:
+            found = _timeouts(app_db, other)
+            assert found.database == app_db.name
+            assert found.unset == list(TIMEOUT_SETTINGS)
+            report_conn = app_db.connect()
+            try:
+                roles = {t.role for t in collect(report_conn).role_timeouts}
+            finally:
+                report_conn.close()
+            assert roles == {app_db.role, other}
+        finally:
+            conn.close()
+    finally:
+        admin.close()
+        app_db.pg.execute(f'DROP ROLE "{other}"')
+
+
+def test_a_server_value_hidden_from_this_session_is_unknown_not_zero(app_db: AppDb) -> None:
+    # This session's own statement_timeout comes from its role, so pg_settings no longer
+    # shows the server's value, and only a superuser may read pg_file_settings.
+    other = f"{app_db.name}_other"
+    app_db.pg.create_role(other, "pw-other")
+    app_db.query(f"ALTER ROLE \"{app_db.role}\" SET statement_timeout = '5s'")
+    try:
+        conn = psycopg2.connect(
+            **app_db.pg.connect_kwargs(user=other, password="pw-other", dbname=app_db.name)
+        )
+        try:
+            found = _timeouts(app_db, other)
+            assert (found.settings["statement_timeout"], found.sources["statement_timeout"]) == (
+                "",
+                "unknown",
+            )
+            assert found.unset == ["idle_in_transaction_session_timeout"]
+        finally:
+            conn.close()
+    finally:
+        app_db.pg.execute(f'DROP ROLE "{other}"')
+
+
+def test_a_superuser_reads_the_server_value_from_the_configuration(
+    app_db: AppDb, sessions: Sessions
+) -> None:
+    # The superuser's session gets a database-scoped default; the server's own value
+    # (not in postgresql.conf here: the built-in 0) comes from pg_file_settings/boot_val.
+    app_db.query(f"ALTER ROLE postgres IN DATABASE \"{app_db.name}\" SET statement_timeout = '9s'")
+    sessions(1)  # the application's role, connected
+    admin = app_db.admin()
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SHOW statement_timeout")
+            assert cur.fetchone() == ("9s",)
+        report = collect(admin)
+    finally:
+        admin.close()
+    (found,) = [t for t in report.role_timeouts if t.role == app_db.role]
+    assert (found.settings["statement_timeout"], found.sources["statement_timeout"]) == (
+        "0",
+        "server",
+    )
+
+
+def test_managed_rds_roles_are_left_out(app_db: AppDb) -> None:
+    assert {"rdsadmin", "rdsproxyadmin"} <= MANAGED_ROLES

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import psycopg2
 import pytest
 
 from tests.cli.conftest import Cli, Sessions
@@ -30,7 +31,11 @@ def test_counts_equal_pg_stat_activity(cli: Cli, app_db: AppDb, sessions: Sessio
     # the doctor's own session is there too, named after the command
     assert any(g["application"] == "lambda-db doctor" for g in data["groups"])
     assert data["status"] == "ok"
-    assert data["warnings"] == []
+    # The test role has no timeouts: the only warning (it does not change the status).
+    assert data["warnings"] == [
+        f'role "{app_db.role}" in database "{app_db.name}" runs with no statement_timeout '
+        "(0, from the server) and no idle_in_transaction_session_timeout (0, from the server)"
+    ]
 
 
 def test_flags_a_role_at_80_percent(cli: Cli, app_db: AppDb, sessions: Sessions) -> None:
@@ -110,3 +115,70 @@ def test_an_unparsable_dsn_is_not_quoted_back(cli: Cli, dsn: str) -> None:
     assert result.status == 2
     assert "S3cr" not in result.stdout + result.stderr
     assert "not a valid libpq connection string" in result.stderr
+
+
+def test_a_role_without_timeouts_is_reported_with_the_fix(cli: Cli, app_db: AppDb) -> None:
+    result = cli("doctor", env=app_db)
+    assert result.status == 0, result.stderr  # limits decide the status, not timeouts
+    lines = result.stdout.splitlines()
+    start = lines.index("Session timeouts of login roles (0: never; where each value comes from)")
+    row = next(line for line in lines[start:] if line.strip().startswith(app_db.role))
+    assert row.split()[-1] == "WARNING"
+    assert "0 (server)" in row
+    assert (
+        f"ALTER ROLE \"{app_db.role}\" SET statement_timeout = '5s'; "
+        f"ALTER ROLE \"{app_db.role}\" SET idle_in_transaction_session_timeout = '10s'"
+    ) in result.stdout
+    assert "without pinning RDS Proxy sessions" in result.stdout
+
+
+def test_role_defaults_silence_the_warning(cli: Cli, app_db: AppDb) -> None:
+    app_db.query(f"ALTER ROLE \"{app_db.role}\" SET statement_timeout = '5s'")
+    app_db.query(
+        f'ALTER ROLE "{app_db.role}" IN DATABASE "{app_db.name}"'
+        " SET idle_in_transaction_session_timeout = '10s'"
+    )
+    data = cli("doctor", "--json", env=app_db).json()
+    (mine,) = [t for t in data["role_timeouts"] if t["role"] == app_db.role]
+    assert mine == {
+        "role": app_db.role,
+        "database": app_db.name,
+        "settings": {"statement_timeout": "5s", "idle_in_transaction_session_timeout": "10s"},
+        "sources": {
+            "statement_timeout": "role",
+            "idle_in_transaction_session_timeout": "role in database",
+        },
+        "unset": [],
+    }
+    assert data["warnings"] == []
+    assert not [a for a in data["recommendations"] if "ALTER ROLE" in a]
+
+
+def test_a_connected_role_without_timeouts_is_reported_too(
+    cli: Cli, app_db: AppDb, sessions: Sessions
+) -> None:
+    other = f"{app_db.name}_batch"
+    app_db.pg.create_role(other, "pw-batch")
+    app_db.query(f"ALTER ROLE \"{app_db.role}\" SET statement_timeout = '5s'")
+    try:
+        conn = psycopg2.connect(
+            **app_db.pg.connect_kwargs(user=other, password="pw-batch", dbname=app_db.name)
+        )
+        try:
+            data = cli("doctor", "--json", env=app_db).json()
+        finally:
+            conn.close()
+    finally:
+        app_db.pg.execute(f'DROP ROLE "{other}"')
+    timeouts = {t["role"]: t for t in data["role_timeouts"]}
+    assert set(timeouts) == {app_db.role, other}
+    # The doctor's own role overrides statement_timeout, so the server's value of it is
+    # hidden from its session: the other role's is unknown, not reported as 0.
+    assert timeouts[other]["sources"]["statement_timeout"] == "unknown"
+    assert timeouts[other]["unset"] == ["idle_in_transaction_session_timeout"]
+    assert timeouts[app_db.role]["unset"] == ["idle_in_transaction_session_timeout"]
+    assert any(f'ALTER ROLE "{other}"' in advice for advice in data["recommendations"])
+    assert any(
+        "The server's own statement_timeout is hidden" in advice
+        for advice in data["recommendations"]
+    )

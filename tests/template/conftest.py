@@ -1,8 +1,10 @@
 """Fixtures for the template checks: the repository's files, env.json aimed at the test
-server, a stand-in for CloudFormation's response URL, and a way to run an event file."""
+server, a stand-in for CloudFormation's response URL, a way to run an event file, and the
+application role the schema setup creates (a fresh one per test, dropped afterwards)."""
 
 from __future__ import annotations
 
+import copy
 import http.server
 import json
 import shutil
@@ -31,6 +33,10 @@ FUNCTION_BY_PREFIX = {
 }
 #: The variables env.json points at a database; the tests aim them at their own.
 DB_VARIABLES = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_AUTH_MODE")
+#: The application role the schema events name; ``run`` gives each test its own instead.
+EVENTS_APP_USER = "app_user"
+#: The schema setup's local-only variable: the application role's password.
+APP_PASSWORD_VARIABLE = "APP_DB_PASSWORD"
 
 
 def function_for(event_file: str) -> str:
@@ -61,12 +67,88 @@ def template() -> dict[str, Any]:
     return load_template(TEMPLATE)
 
 
+#: The region the offline SAM transform writes into ARNs (no AWS call is made).
+TRANSFORM_REGION = "us-east-1"
+
+
+def sam_transform(sam_template: dict[str, Any]) -> dict[str, Any]:
+    """The CloudFormation template SAM makes of ``sam_template``, offline.
+
+    samtranslator (what ``sam validate`` and ``sam deploy`` run) with local code paths
+    replaced by S3 placeholders, as ``sam package`` would, and resource ``Metadata`` passed
+    through (checkov reads its skips there). Managed policy names are not resolved: the
+    template uses ARNs only.
+    """
+    import boto3
+    from samtranslator.parser.parser import Parser  # type: ignore[import-untyped]
+    from samtranslator.translator.translator import Translator  # type: ignore[import-untyped]
+
+    document = copy.deepcopy(sam_template)
+    for resource in document["Resources"].values():
+        properties = resource.get("Properties") or {}
+        for key in ("CodeUri", "ContentUri", "DefinitionUri"):
+            if isinstance(properties.get(key), str):
+                properties[key] = "s3://bucket/key"
+    translator = Translator(
+        None, Parser(), boto_session=boto3.session.Session(region_name=TRANSFORM_REGION)
+    )
+    transformed: dict[str, Any] = translator.translate(
+        document,
+        parameter_values={},
+        passthrough_metadata=True,
+        get_managed_policy_map=dict,
+    )
+    return transformed
+
+
+@pytest.fixture(scope="session")
+def transformed(template: dict[str, Any]) -> dict[str, Any]:
+    """template.yaml as CloudFormation sees it after the SAM transform."""
+    return sam_transform(template)
+
+
+@dataclass(frozen=True)
+class AppRole:
+    """The application role a test's schema setup creates, and its local password."""
+
+    name: str
+    password: str
+
+
 @pytest.fixture
-def env_vars(app_db: AppDb) -> dict[str, Any]:
-    """events/env.json with its database variables aimed at this test's database."""
+def app_role(app_db: AppDb) -> Iterator[AppRole]:
+    """A role name of this test's own (roles are server-wide), dropped afterwards.
+
+    The database owner, which the schema setup logs in as here, gets CREATEROLE: on RDS
+    the master user has it (through rds_superuser).
+    """
+    role = AppRole(f"{app_db.name}_app", "app-pw-" + app_db.password)
+    app_db.pg.execute(f'ALTER ROLE "{app_db.role}" CREATEROLE')
+    yield role
+    app_db.pg.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role.name,)
+    )
+    if app_db.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (role.name,)):
+        app_db.query(f'DROP OWNED BY "{role.name}"')
+        app_db.query(f'DROP ROLE "{role.name}"')
+
+
+@pytest.fixture
+def env_vars(app_db: AppDb, app_role: AppRole) -> dict[str, Any]:
+    """events/env.json with its database variables aimed at this test's database.
+
+    Every function logs in as the database owner here (the items tests change its
+    limits); the schema setup gives the application role a password, so tests can log in
+    as that role too (``app_role``).
+    """
     with ENV_JSON.open(encoding="utf-8") as f:
         env: dict[str, Any] = json.load(f)
-    env["Parameters"].update({name: app_db[name] for name in DB_VARIABLES})
+    ours = {name: app_db[name] for name in DB_VARIABLES}
+    for section in env.values():
+        for name in set(ours) & set(section):
+            section[name] = ours[name]
+    env["Parameters"].update(ours)
+    env.setdefault("SchemaSetupFunction", {})[APP_PASSWORD_VARIABLE] = app_role.password
     return env
 
 
@@ -115,11 +197,12 @@ Run = Callable[..., Any]
 
 
 @pytest.fixture
-def run(env_vars: dict[str, Any], cloudformation: CloudFormation) -> Run:
+def run(env_vars: dict[str, Any], cloudformation: CloudFormation, app_role: AppRole) -> Run:
     """``run("items-get.json", **changes)``: invoke an event file as sam local invoke would.
 
     Keyword arguments: ``event`` (replaces the file's content), ``close_connections``,
-    ``environ``; custom resource events answer the local ``cloudformation`` server.
+    ``environ``; custom resource events answer the local ``cloudformation`` server and
+    name this test's application role.
     """
 
     def run_event(
@@ -132,6 +215,9 @@ def run(env_vars: dict[str, Any], cloudformation: CloudFormation) -> Run:
         payload = load_event(name) if event is None else event
         if "ResponseURL" in payload:
             payload = {**payload, "ResponseURL": cloudformation.url}
+        properties = payload.get("ResourceProperties")
+        if isinstance(properties, dict) and properties.get("AppUser") == EVENTS_APP_USER:
+            payload = {**payload, "ResourceProperties": {**properties, "AppUser": app_role.name}}
         return invoke(
             function_for(name),
             payload,

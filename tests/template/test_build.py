@@ -1,9 +1,12 @@
 """``sam build`` works here without Docker, although this Python is not the runtime's, and
-what it builds is right for the runtime: CPython 3.12 on x86_64 Linux, no boto3."""
+what it builds is right for the runtime: CPython 3.14 on Linux, one layer for arm64 and one
+for x86_64, holding only what runs in Lambda."""
 
 from __future__ import annotations
 
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -13,8 +16,27 @@ import pytest
 
 from tests.template.conftest import REPO, TEMPLATE, tool
 
-RUNTIME = "3.12"
+RUNTIME = "3.14"
 CP = "cp" + RUNTIME.replace(".", "")
+#: Layer logical id -> the machine its binaries are for (pip's and the wheel tags' name).
+LAYERS = {"LambdaDbLayerArm64": "aarch64", "LambdaDbLayerX86": "x86_64"}
+#: Everything a layer may hold at its top level: lambda_db and its runtime dependencies
+#: (psycopg2-binary, certifi, Powertools and Powertools' own: jmespath, typing_extensions),
+#: each with its dist-info. Nothing laptop-side (lambda_db_lab, the CLI), no boto3.
+LAYER_CONTENTS = {
+    "lambda_db",
+    "psycopg2",
+    "psycopg2_binary.libs",
+    "psycopg2_binary.dist-info",
+    "certifi",
+    "certifi.dist-info",
+    "aws_lambda_powertools",
+    "aws_lambda_powertools.dist-info",
+    "jmespath",
+    "jmespath.dist-info",
+    "typing_extensions.py",
+    "typing_extensions.dist-info",
+}
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +68,40 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_dir
 
 
-def test_layer_holds_lambda_db_and_a_cp312_manylinux_psycopg2(built: Path) -> None:
-    site = built / "LambdaDbLayer" / "python"
-    assert (site / "lambda_db" / "__init__.py").is_file()
-    assert (site / "lambda_db" / "diagnostics.py").is_file()
-    assert not (site / "lambda_db" / "cli").exists()
+def _top_level(site: Path) -> set[str]:
+    """The layer's top-level entries, dist-info versions left out."""
+    return {re.sub(r"-[^-]+\.dist-info$", ".dist-info", path.name) for path in site.iterdir()}
+
+
+@pytest.mark.parametrize("layer_id", sorted(LAYERS))
+def test_layer_holds_only_what_runs_in_lambda(built: Path, layer_id: str) -> None:
+    site = built / layer_id / "python"
+    assert sorted(path.name for path in (built / layer_id).iterdir()) == ["python"]
+    assert _top_level(site) == LAYER_CONTENTS
+    package = site / "lambda_db"
+    shipped = {path.relative_to(package).as_posix() for path in package.rglob("*")}
+    source = {
+        path.relative_to(REPO / "lambda_db").as_posix()
+        for path in (REPO / "lambda_db").rglob("*")
+        if "__pycache__" not in path.parts
+    }
+    laptop_side = {name for name in source if name == "cli" or name.startswith("cli/")}
+    assert shipped == source - laptop_side - {"testing.py"}
+    assert "diagnostics.py" in shipped
+    assert not list(site.rglob("__pycache__"))
+    assert not list(site.rglob("lambda_db_lab"))
+    for name in ("boto3", "botocore", "s3transfer"):
+        assert not (site / name).exists(), f"{name} is in the layer; the runtime ships it"
+
+
+@pytest.mark.parametrize("layer_id", sorted(LAYERS))
+def test_layer_psycopg2_is_a_cp314_manylinux_wheel_for_its_machine(
+    built: Path, layer_id: str
+) -> None:
+    machine = LAYERS[layer_id]
+    site = built / layer_id / "python"
     (extension,) = (site / "psycopg2").glob("_psycopg*.so")
-    assert extension.name == f"_psycopg.cpython-{CP[2:]}-x86_64-linux-gnu.so"
+    assert extension.name == f"_psycopg.cpython-{CP[2:]}-{machine}-linux-gnu.so"
     (wheel,) = site.glob("psycopg2_binary-*.dist-info")
     tags = [
         line.split(": ", 1)[1]
@@ -60,12 +109,11 @@ def test_layer_holds_lambda_db_and_a_cp312_manylinux_psycopg2(built: Path) -> No
         if line.startswith("Tag: ")
     ]
     assert tags and all(tag.startswith(f"{CP}-{CP}-manylinux") for tag in tags), tags
-    assert all(tag.endswith("_x86_64") for tag in tags), tags
-    for name in ("certifi", "aws_lambda_powertools"):
-        assert (site / name).is_dir(), name
-    for name in ("boto3", "botocore", "s3transfer"):
-        assert not (site / name).exists(), f"{name} is in the layer; the runtime ships it"
-    assert not list(site.rglob("__pycache__"))
+    assert all(tag.endswith(f"_{machine}") for tag in tags), tags
+    # Lambda's python3.14 runs on Amazon Linux 2023 (glibc 2.34).
+    for tag in tags:
+        glibc = re.search(r"manylinux_2_(\d+)_", tag)
+        assert glibc is None or int(glibc.group(1)) <= 34, tag
 
 
 def test_functions_hold_only_their_own_code(built: Path) -> None:
@@ -100,7 +148,10 @@ def test_handlers_import_on_the_runtimes_python_from_the_layer_alone(built: Path
     python = _runtime_python()
     if python is None:
         pytest.skip(f"no local python{RUNTIME} to import the built artifacts with")
-    layer = built / "LambdaDbLayer" / "python"
+    native = {machine: layer for layer, machine in LAYERS.items()}.get(platform.machine())
+    if native is None:
+        pytest.skip(f"no layer for this machine ({platform.machine()})")
+    layer = built / native / "python"
     for function, module in (
         ("ItemsFunction", "items_api"),
         ("ConnectionReportFunction", "connection_report"),

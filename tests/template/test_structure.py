@@ -1,24 +1,24 @@
-"""What a reviewer would otherwise check in template.yaml by eye."""
+"""What a reviewer would otherwise check in template.yaml by eye: runtime and architecture,
+layers, names, network, database, alarms and outputs. Who may do what (IAM, the API's
+authorization, logs) is in test_security.py."""
 
 from __future__ import annotations
 
 import json
+import pkgutil
 import re
 from typing import Any
 
 import pytest
 
+import lambda_db
 from lambda_db.cli.invoke import load_function
 from tests.template.conftest import REPO, TEMPLATE
 
 FUNCTION = "AWS::Serverless::Function"
-PROXY_RESOURCE_ID = {
-    "Fn::Select": [6, {"Fn::Split": [":", {"Fn::GetAtt": ["Proxy", "DBProxyArn"]}]}]
-}
-DB_USER_ARN = (
-    "arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}"
-    ":dbuser:${ProxyResourceId}/${DbUser}"
-)
+LAYER = "AWS::Serverless::LayerVersion"
+#: Layer logical id -> (the Architecture value it serves, pip's name for the machine).
+LAYERS = {"LambdaDbLayerArm64": ("arm64", "aarch64"), "LambdaDbLayerX86": ("x86_64", "x86_64")}
 
 
 def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -30,65 +30,138 @@ def props(template: dict[str, Any], name: str) -> dict[str, Any]:
     return properties
 
 
-def test_is_a_sam_template_on_a_current_python(template: dict[str, Any]) -> None:
+def function_env(template: dict[str, Any], name: str) -> dict[str, Any]:
+    """A function's declared variables, Globals merged in (the function's win)."""
+    merged = dict(template["Globals"]["Function"]["Environment"]["Variables"])
+    merged.update(props(template, name).get("Environment", {}).get("Variables", {}))
+    return merged
+
+
+def _python_runtimes(names: Any) -> set[tuple[int, int]]:
+    found = set()
+    for name in names:
+        match = re.fullmatch(r"python3\.(\d+)", str(name))
+        if match:
+            found.add((3, int(match.group(1))))
+    return found
+
+
+def _cfn_lint_lambda_runtimes() -> set[tuple[int, int]]:
+    """The python runtimes cfn-lint's AWS::Lambda::Function schema accepts."""
+    from cfnlint.schema.manager import PROVIDER_SCHEMA_MANAGER
+
+    schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", "AWS::Lambda::Function")
+    runtime = schema.schema["properties"]["Runtime"]
+    names = runtime.get("enum") or runtime.get("anyOf", [{}])[0].get("enum", [])
+    return _python_runtimes(names)
+
+
+def test_is_a_sam_template_on_the_newest_python_sam_and_cfn_lint_support(
+    template: dict[str, Any],
+) -> None:
+    from samcli.lib.utils.architecture import SUPPORTED_RUNTIMES
+
     assert template["Transform"] == "AWS::Serverless-2016-10-31"
     function_globals = template["Globals"]["Function"]
-    assert function_globals["Runtime"] in ("python3.12", "python3.13")
+    supported = _python_runtimes(SUPPORTED_RUNTIMES)
+    linted = _cfn_lint_lambda_runtimes()
+    assert supported and linted
+    newest = max(supported & linted)
+    assert function_globals["Runtime"] == f"python{newest[0]}.{newest[1]}"
     assert function_globals["Tracing"] == "Active"
     assert function_globals["LoggingConfig"]["LogFormat"] == "JSON"
-    assert "POWERTOOLS_SERVICE_NAME" in function_globals["Environment"]["Variables"]
     for name, function in resources(template, FUNCTION).items():
         assert "Runtime" not in function["Properties"], name
+        assert "Architectures" not in function["Properties"], name
 
 
-def test_layer_is_built_for_the_functions_runtime(template: dict[str, Any]) -> None:
-    layer = template["Resources"]["LambdaDbLayer"]
+def test_architecture_is_a_parameter_arm64_by_default(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["Architecture"]
+    assert parameter["Default"] == "arm64"
+    assert parameter["AllowedValues"] == ["arm64", "x86_64"]
+    function_globals = template["Globals"]["Function"]
+    assert function_globals["Architectures"] == [{"Ref": "Architecture"}]
+    assert function_globals["Layers"] == [
+        {"Fn::If": ["IsArm64", {"Ref": "LambdaDbLayerArm64"}, {"Ref": "LambdaDbLayerX86"}]}
+    ]
+    assert template["Conditions"]["IsArm64"] == {"Fn::Equals": [{"Ref": "Architecture"}, "arm64"]}
+    assert template["Conditions"]["IsX86"] == {"Fn::Equals": [{"Ref": "Architecture"}, "x86_64"]}
+
+
+@pytest.mark.parametrize("layer_id", sorted(LAYERS))
+def test_each_layer_is_built_by_the_makefile_for_its_architecture(
+    template: dict[str, Any], layer_id: str
+) -> None:
+    architecture, machine = LAYERS[layer_id]
+    layer = template["Resources"][layer_id]
+    assert layer["Condition"] == {"arm64": "IsArm64", "x86_64": "IsX86"}[architecture]
     assert layer["Metadata"]["BuildMethod"] == "makefile"
+    assert layer["Metadata"]["BuildArchitecture"] == architecture
     runtime = template["Globals"]["Function"]["Runtime"]
     assert layer["Properties"]["CompatibleRuntimes"] == [runtime]
+    assert layer["Properties"]["CompatibleArchitectures"] == [architecture]
     makefile = (REPO / layer["Metadata"]["ContextPath"] / "Makefile").read_text()
     assert f"RUNTIME_PYTHON := {runtime.removeprefix('python')}" in makefile
-    assert "PLATFORM := manylinux2014_x86_64" in makefile
-    assert template["Globals"]["Function"]["Layers"] == [{"Ref": "LambdaDbLayer"}]
+    target = re.search(rf"^build-{layer_id}:\n\t(.+)$", makefile, re.MULTILINE)
+    assert target is not None, f"no build-{layer_id} target"
+    assert target.group(1).endswith(f"ARCH={machine}")
+    assert set(resources(template, LAYER)) == set(LAYERS)
 
 
-def test_proxy_requires_iam_and_tls(template: dict[str, Any]) -> None:
-    proxy = props(template, "Proxy")
-    assert proxy["EngineFamily"] == "POSTGRESQL"
-    assert proxy["RequireTLS"] is True
-    assert proxy["Auth"] == [
-        {"AuthScheme": "SECRETS", "SecretArn": {"Ref": "DatabaseSecret"}, "IAMAuth": "REQUIRED"}
-    ]
-    assert proxy["IdleClientTimeout"] == {"Ref": "ProxyIdleClientTimeout"}
-    assert proxy["VpcSecurityGroupIds"] == [{"Ref": "ProxySecurityGroup"}]
+def _logger_names() -> list[str]:
+    """Names of the loggers a function's process may log through."""
+    names = [lambda_db.__name__]
+    for module in pkgutil.walk_packages(lambda_db.__path__, prefix=f"{lambda_db.__name__}."):
+        names.append(module.name)
+    # Libraries the functions load, by their loggers' root names.
+    names += ["psycopg2", "botocore", "urllib3", "aws_lambda_powertools", "root"]
+    return names
 
 
-def test_proxy_role_reads_only_the_secret(template: dict[str, Any]) -> None:
-    role = props(template, "ProxyRole")
-    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
-    assert trust["Principal"] == {"Service": "rds.amazonaws.com"}
-    (policy,) = role["Policies"]
-    read, decrypt = policy["PolicyDocument"]["Statement"]
-    assert (read["Action"], read["Resource"]) == (
-        "secretsmanager:GetSecretValue",
-        {"Ref": "DatabaseSecret"},
+def test_powertools_service_names_are_fixed_and_hide_no_logger(template: dict[str, Any]) -> None:
+    """Powertools' Logger filters the runtime's root handler against every logger whose
+    name *contains* its service name: a service called ``db`` silences ``lambda_db.*``."""
+    assert (
+        "POWERTOOLS_SERVICE_NAME" not in template["Globals"]["Function"]["Environment"]["Variables"]
     )
-    assert decrypt["Action"] == "kms:Decrypt"
-    assert decrypt["Condition"] == {
-        "StringEquals": {
-            "kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}
-        }
-    }
+    services = {}
+    for name in resources(template, FUNCTION):
+        service = function_env(template, name)["POWERTOOLS_SERVICE_NAME"]
+        assert isinstance(service, str), f"{name}: a fixed name, not {service!r}"
+        assert re.fullmatch(r"[a-z]+(-[a-z]+)+", service), service
+        services[name] = service
+    assert len(set(services.values())) == len(services), services
+    loggers = _logger_names()
+    assert "lambda_db.diagnostics" in loggers
+    for service in services.values():
+        hidden = [logger for logger in loggers if service in logger]
+        assert not hidden, f"service {service!r} would hide {hidden}"
+
+
+def test_the_functions_own_modules_name_no_service(template: dict[str, Any]) -> None:
+    # Powertools names a Logger() after its service; a module-level logging.getLogger
+    # named like the service would be filtered out as its "child".
+    for name in resources(template, FUNCTION):
+        code = REPO / props(template, name)["CodeUri"]
+        service = function_env(template, name)["POWERTOOLS_SERVICE_NAME"]
+        for source in code.glob("*.py"):
+            assert f'getLogger("{service}' not in source.read_text(), source
 
 
 def test_target_group_is_default_and_borrow_timeout_beats_every_function_timeout(
     template: dict[str, Any],
 ) -> None:
     group = props(template, "ProxyTargetGroup")
+    # After the secret is attached and the proxy may log in as the application role.
+    assert template["Resources"]["ProxyTargetGroup"]["DependsOn"] == [
+        "DatabaseSecretAttachment",
+        "ProxyConnectPolicy",
+    ]
     assert group["TargetGroupName"] == "default"
     assert group["DBProxyName"] == {"Ref": "Proxy"}
     assert group["DBInstanceIdentifiers"] == [{"Ref": "Database"}]
     pool = group["ConnectionPoolConfigurationInfo"]
+    # No InitQuery: session defaults are role defaults (docs/deploy.md says why).
     assert set(pool) == {
         "MaxConnectionsPercent",
         "MaxIdleConnectionsPercent",
@@ -100,35 +173,6 @@ def test_target_group_is_default_and_borrow_timeout_beats_every_function_timeout
         for function in resources(template, FUNCTION).values()
     ]
     assert borrow["Default"] <= borrow["MaxValue"] < min(timeouts)
-
-
-def test_every_function_connects_as_one_user_through_the_proxy_and_nothing_else(
-    template: dict[str, Any],
-) -> None:
-    function_env = template["Globals"]["Function"]["Environment"]["Variables"]
-    assert function_env["DB_AUTH_MODE"] == "iam"
-    assert function_env["DB_HOST"] == {"Fn::GetAtt": ["Proxy", "Endpoint"]}
-    assert function_env["DB_SSLMODE"] == "verify-full"
-    assert "DB_SECRET_ARN" not in function_env
-    functions = resources(template, FUNCTION)
-    assert set(functions) == {"ItemsFunction", "ConnectionReportFunction", "SchemaSetupFunction"}
-    for name, function in functions.items():
-        (policy,) = function["Properties"]["Policies"]
-        (statement,) = policy["Statement"]
-        assert statement == {
-            "Effect": "Allow",
-            "Action": "rds-db:connect",
-            "Resource": {"Fn::Sub": [DB_USER_ARN, {"ProxyResourceId": PROXY_RESOURCE_ID}]},
-        }, name
-        own_env = function["Properties"].get("Environment", {}).get("Variables", {})
-        assert not {"DB_AUTH_MODE", "DB_HOST", "DB_SECRET_ARN"} & set(own_env), name
-    # Nothing but the proxy's role may read the secret.
-    secret_readers = [
-        name
-        for name, resource in template["Resources"].items()
-        if "secretsmanager:" in repr(resource.get("Properties", {}).get("Policies", ""))
-    ]
-    assert secret_readers == ["ProxyRole"]
 
 
 def test_ingress_is_chained_function_proxy_database_on_5432_only(
@@ -169,7 +213,9 @@ def test_open_egress_is_only_https_from_the_functions(template: dict[str, Any]) 
                 assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 443, 443)
 
 
-def test_database_is_private_encrypted_and_snapshotted(template: dict[str, Any]) -> None:
+def test_database_is_private_encrypted_snapshotted_and_accepts_iam(
+    template: dict[str, Any],
+) -> None:
     resource = template["Resources"]["Database"]
     assert resource["DeletionPolicy"] == "Snapshot"
     assert resource["UpdateReplacePolicy"] == "Snapshot"
@@ -177,6 +223,7 @@ def test_database_is_private_encrypted_and_snapshotted(template: dict[str, Any])
     assert db["Engine"] == "postgres"
     assert db["StorageEncrypted"] is True
     assert db["PubliclyAccessible"] is False
+    assert db["EnableIAMDatabaseAuthentication"] is True
     assert db["DBInstanceClass"] == {"Ref": "DbInstanceClass"}
     assert template["Parameters"]["DbInstanceClass"]["Default"] == "db.t4g.micro"
     assert int(template["Parameters"]["DbEngineMajorVersion"]["Default"]) >= 17
@@ -201,24 +248,46 @@ def test_secret_password_is_generated_without_characters_rds_refuses(
         assert char in generate["ExcludeCharacters"]
 
 
-def test_parameter_group_sets_idle_timeout_and_max_connections_only_when_asked(
+def test_parameter_group_sets_server_timeouts_tls_and_max_connections_only_when_asked(
     template: dict[str, Any],
 ) -> None:
-    condition, with_max, without_max = props(template, "DatabaseParameterGroup")["Parameters"][
-        "Fn::If"
-    ]
-    assert condition == "HasMaxConnections"
-    assert with_max == {
+    parameters = props(template, "DatabaseParameterGroup")["Parameters"]
+    assert parameters == {
         "idle_in_transaction_session_timeout": {"Ref": "IdleInTransactionTimeoutMs"},
-        "max_connections": {"Ref": "MaxConnections"},
+        "client_connection_check_interval": {"Ref": "ClientConnectionCheckIntervalMs"},
+        "rds.force_ssl": "1",
+        "max_connections": {
+            "Fn::If": ["HasMaxConnections", {"Ref": "MaxConnections"}, {"Ref": "AWS::NoValue"}]
+        },
     }
-    assert without_max == {
-        "idle_in_transaction_session_timeout": {"Ref": "IdleInTransactionTimeoutMs"}
-    }
+    check = template["Parameters"]["ClientConnectionCheckIntervalMs"]
+    assert 0 < check["Default"] <= 5000
     max_connections = template["Parameters"]["MaxConnections"]
     assert max_connections["Default"] == ""
     assert "2x the default" in max_connections["Description"]
     assert "pooler" in max_connections["Description"]
+
+
+def test_application_role_timeouts_end_before_the_api_function_does(
+    template: dict[str, Any],
+) -> None:
+    parameters = template["Parameters"]
+    items_timeout_ms = 1000 * props(template, "ItemsFunction").get(
+        "Timeout", template["Globals"]["Function"]["Timeout"]
+    )
+    statement = parameters["AppStatementTimeoutMs"]
+    lock = parameters["AppLockTimeoutMs"]
+    assert 0 < lock["Default"] < statement["Default"] < items_timeout_ms
+    assert statement["MinValue"] > 0 and lock["MinValue"] > 0  # 0 would mean "no timeout"
+    idle = parameters["AppIdleInTransactionTimeoutMs"]
+    assert idle["MinValue"] > 0 and idle["Default"] <= items_timeout_ms
+    schema = props(template, "Schema")
+    assert {key: schema[key] for key in schema if key.endswith("Ms") or key == "AppUser"} == {
+        "AppUser": {"Ref": "AppDbUser"},
+        "StatementTimeoutMs": {"Ref": "AppStatementTimeoutMs"},
+        "LockTimeoutMs": {"Ref": "AppLockTimeoutMs"},
+        "IdleInTransactionTimeoutMs": {"Ref": "AppIdleInTransactionTimeoutMs"},
+    }
 
 
 def test_reserved_concurrency_is_optional_and_explained(template: dict[str, Any]) -> None:
@@ -273,7 +342,9 @@ def test_proxy_alarms_watch_the_proxy(template: dict[str, Any], alarm: str, metr
 
 def test_report_alarm_watches_what_the_report_function_publishes(template: dict[str, Any]) -> None:
     spec = props(template, "ConnectionUtilizationAlarm")
-    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    env = function_env(template, "ConnectionReportFunction")
+    # One namespace per stack: two stacks in a region do not mix their reports.
+    assert env["POWERTOOLS_METRICS_NAMESPACE"] == {"Fn::Sub": "LambdaDb/${AWS::StackName}"}
     assert spec["Namespace"] == env["POWERTOOLS_METRICS_NAMESPACE"]
     assert spec["MetricName"] == "MaxConnectionUtilization"
     assert spec["Dimensions"] == [{"Name": "service", "Value": env["POWERTOOLS_SERVICE_NAME"]}]
@@ -281,12 +352,39 @@ def test_report_alarm_watches_what_the_report_function_publishes(template: dict[
     assert 'name="MaxConnectionUtilization"' in source
 
 
+def test_failed_reports_land_in_a_queue_that_alarms(template: dict[str, Any]) -> None:
+    config = props(template, "ConnectionReportFunction")["EventInvokeConfig"]
+    assert config["MaximumRetryAttempts"] == 0
+    assert config["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS",
+        "Destination": {"Fn::GetAtt": ["ReportFailureQueue", "Arn"]},
+    }
+    (event,) = props(template, "ConnectionReportFunction")["Events"].values()
+    assert event["Type"] == "Schedule"
+    queue = props(template, "ReportFailureQueue")
+    assert queue["SqsManagedSseEnabled"] is True
+    alarm = props(template, "ReportFailuresAlarm")
+    assert (alarm["Namespace"], alarm["MetricName"]) == (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+    )
+    assert alarm["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["ReportFailureQueue", "QueueName"]}}
+    ]
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        1,
+        "GreaterThanOrEqualToThreshold",
+    )
+
+
 def test_outputs(template: dict[str, Any]) -> None:
     outputs = template["Outputs"]
-    assert {"ApiUrl", "ProxyEndpoint", "DatabaseSecretArn"} <= set(outputs)
+    assert {"ApiUrl", "ApiInvokePolicyArn", "ProxyEndpoint", "DatabaseSecretArn"} <= set(outputs)
     assert outputs["ProxyEndpoint"]["Value"] == {"Fn::GetAtt": ["Proxy", "Endpoint"]}
     assert outputs["DatabaseSecretArn"]["Value"] == {"Ref": "DatabaseSecret"}
-    assert re.search(r"\$\{ServerlessRestApi\}\.execute-api", outputs["ApiUrl"]["Value"]["Fn::Sub"])
+    assert outputs["ApiInvokePolicyArn"]["Value"] == {"Ref": "ApiInvokePolicy"}
+    assert re.search(r"\$\{ItemsApi\}\.execute-api", outputs["ApiUrl"]["Value"]["Fn::Sub"])
+    assert outputs["ApiUrl"]["Value"]["Fn::Sub"].endswith("/Prod/items")
 
 
 def test_schema_is_a_custom_resource_after_the_proxy_target(template: dict[str, Any]) -> None:
@@ -295,10 +393,25 @@ def test_schema_is_a_custom_resource_after_the_proxy_target(template: dict[str, 
     assert schema["Properties"]["ServiceToken"] == {"Fn::GetAtt": ["SchemaSetupFunction", "Arn"]}
 
 
+def test_events_name_the_properties_the_template_sends(template: dict[str, Any]) -> None:
+    sent = set(props(template, "Schema")) - {"ServiceToken", "ServiceTimeout"}
+    for name in ("schema-create.json", "schema-update.json", "schema-delete.json"):
+        with (REPO / "events" / name).open() as f:
+            event = json.load(f)
+        assert set(event["ResourceProperties"]) - {"ServiceToken"} == sent, name
+
+
 def test_env_json_overrides_only_declared_variables() -> None:
     with (REPO / "events" / "env.json").open() as f:
         env = json.load(f)
     assert env["Parameters"]["DB_AUTH_MODE"] == "password"
+    # Locally too, the functions log in as the application role and only the schema
+    # setup as the master user.
+    assert env["Parameters"]["DB_USER"] == "app_user"
+    assert env["SchemaSetupFunction"]["DB_USER"] == "app_admin"
+    assert env["SchemaSetupFunction"]["APP_DB_PASSWORD"] == env["Parameters"]["DB_PASSWORD"], (
+        "the functions log in with the password the schema setup gives the role"
+    )
     for function in ("ItemsFunction", "ConnectionReportFunction", "SchemaSetupFunction"):
         declared = set(load_function(function, template_path=TEMPLATE).environment)
         overridden = set(env["Parameters"]) | set(env.get(function, {}))
