@@ -320,8 +320,8 @@ def test_connection_report_publishes_every_limit(
     summary = [doc for doc in emf if "MaxConnectionUtilization" in doc]
     assert len(summary) == 1
     assert summary[0]["MaxConnectionUtilization"] == [report["max_utilization_percent"]]
-    assert summary[0]["service"] == "local"  # POWERTOOLS_SERVICE_NAME: !Ref AWS::StackName
-    assert summary[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "LambdaDb"
+    assert summary[0]["service"] == "connection-report"  # fixed per function in template.yaml
+    assert summary[0]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "LambdaDb/local"
 
 
 @pytest.mark.parametrize(
