@@ -10,8 +10,8 @@ from lambda_db.cli.capacity import (
     max_connections_upper_bound,
     plan_capacity,
 )
+from lambda_db_lab.appdb import AppDb
 from tests.cli.conftest import Cli
-from tests.conftest import AppDb
 
 
 @pytest.mark.parametrize(

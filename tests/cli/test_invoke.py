@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lambda_db_lab.appdb import AppDb
 from tests.cli.conftest import Cli
-from tests.conftest import AppDb
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ import psycopg2
 import pytest
 
 from lambda_db.cli.terminate import find_idle, terminate
+from lambda_db_lab.appdb import AppDb
 from tests.cli.conftest import Cli, Sessions
-from tests.conftest import AppDb
 
 
 def _alive(conn: psycopg2.extensions.connection) -> bool:

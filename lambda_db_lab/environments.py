@@ -3,7 +3,7 @@
 An environment is a process: it imports its handler once (module state survives
 between invocations, as in Lambda), then runs one invocation at a time, each with a
 fresh context whose deadline is real (``lambda_db.testing.LambdaContext``), and
-reports every :class:`~tests.support.ledger.Outcome` to the parent. Every invocation
+reports every :class:`~lambda_db_lab.ledger.Outcome` to the parent. Every invocation
 writes one row with a unique id and reads it back in the same transaction.
 
 Two handler patterns, on the same settings (the ``DB_*`` environment):
@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tests.support.ledger import Handler, Outcome, invoke, new_event, write_row
+from lambda_db_lab.ledger import Handler, Outcome, invoke, new_event, write_row
 
 __all__ = ["Environments", "Pattern", "Plan", "lambda_db_pattern", "naive_pattern"]
 
@@ -207,7 +207,7 @@ def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw:
             if plan.pause:
                 time.sleep(plan.pause)
         reports.put(("done", index, counters()))
-    except BaseException:
+    except BaseException:  # noqa: BLE001 (reported to the parent, which raises it)
         reports.put(("crashed", index, traceback.format_exc()))
 
 
