@@ -2,12 +2,13 @@
 
 Each command module registers its parser (``add_parser``) and handles its arguments
 (``run(args) -> exit status``). Heavy or optional imports (the embedded server,
-pgbouncer, YAML) happen inside the command that needs them, so ``lambda-db capacity``
-starts fast and works without the ``cli`` extra's packages.
+pgbouncer, SAM CLI, the runtime client) happen inside the command that needs them, so
+``lambda-db capacity`` starts fast and works without the extras' packages.
 
 Exit status: what the command returns (0 success; 1 a check failed: a limit above the
-threshold, a workload that does not fit); 2 a usage error or a server that cannot be
-reached.
+threshold, a workload that does not fit); 2 a usage error (argparse's or the command's)
+or a server that cannot be reached; 130 interrupted. ``main`` returns it, never raises
+``SystemExit``.
 
 Example::
 
@@ -22,7 +23,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from lambda_db.cli import capacity, demo, doctor, invoke, terminate
+from lambda_db.cli import capacity, demo, dev, doctor, invoke, terminate
 from lambda_db.cli._connection import CommandError
 
 __all__ = ["build_parser", "main"]
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo.add_parser(subparsers)
+    dev.add_parser(subparsers)
     doctor.add_parser(subparsers)
     terminate.add_parser(subparsers)
     capacity.add_parser(subparsers)
@@ -58,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ...
     0
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0), or a usage error it printed (2)
+        return exc.code if isinstance(exc.code, int) else 2
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
