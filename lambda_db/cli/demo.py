@@ -45,6 +45,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from lambda_db.cli._connection import UsageError
 from lambda_db.cli._output import print_json, summary, table
 
 if TYPE_CHECKING:
@@ -693,7 +694,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 1 when it did not show what it claims."""
     for option in ("environments", "invocations", "limit", "pool_size"):
         if getattr(args, option) < 1:
-            raise SystemExit(f"lambda-db demo: --{option.replace('_', '-')} must be at least 1")
+            raise UsageError(f"--{option.replace('_', '-')} must be at least 1")
     config = DemoConfig(
         environments=args.environments,
         invocations=args.invocations,

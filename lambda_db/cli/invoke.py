@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lambda_db.cli._connection import CommandError
+from lambda_db.cli._connection import CommandError, UsageError
 from lambda_db.errors import LambdaDbError
 
 __all__ = [
@@ -369,11 +369,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Invoke once per event in one warm environment; exit 1 if any returned an error."""
+    overrides = _parse_overrides(args.parameter_overrides)
     events = [_read_json(name, "event") for name in args.event]
     env_vars = _read_json(args.env_vars, "env vars") if args.env_vars else None
     if env_vars is not None and not isinstance(env_vars, dict):
         raise CommandError(f"{args.env_vars} must hold a JSON object (the env.json format)")
-    overrides = _parse_overrides(args.parameter_overrides)
     try:
         with LocalFunction(
             args.function,
@@ -416,6 +416,6 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
         else:
             key, sep, value = item.partition("=")
             if not sep:
-                raise CommandError(f"--parameter-overrides: {item!r} is not KEY=VALUE")
+                raise UsageError(f"--parameter-overrides: {item!r} is not KEY=VALUE")
         result[key] = value
     return result
