@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_server_sections(
     pg: LocalPostgres, only: set[str], quick: bool, results: dict[str, Any]
 ) -> None:
-    from tests.support.server import ledger_app_db
+    from lambda_db_lab.appdb import ledger_app_db
 
     app_db = ledger_app_db(pg, "bench")
     kwargs = pg.connect_kwargs(user=app_db.role, password=app_db.password, dbname=app_db.name)

@@ -18,12 +18,11 @@ from collections import Counter
 from typing import Any
 
 from bench.timing import percentile
+from lambda_db_lab.appdb import AppDb, ledger_app_db, terminate_and_wait
+from lambda_db_lab.environments import Environments, Pattern, Plan
+from lambda_db_lab.ledger import Ledger, Outcome, committed_ids
 from lambda_db_lab.localpg import LocalPostgres
-from tests.conftest import AppDb
-from tests.support.environments import Environments, Pattern, Plan
-from tests.support.ledger import Ledger, Outcome, committed_ids
-from tests.support.sampler import ConnectionSampler
-from tests.support.server import ledger_app_db, terminate_and_wait
+from lambda_db_lab.sampler import ConnectionSampler
 
 __all__ = ["PATTERNS", "burst", "load"]
 

@@ -16,11 +16,10 @@ from typing import Any
 
 import lambda_db
 from lambda_db.testing import LambdaContext
+from lambda_db_lab.appdb import AppDb, terminate_and_wait
+from lambda_db_lab.environments import lambda_db_pattern, naive_pattern
+from lambda_db_lab.ledger import invoke, new_event
 from lambda_db_lab.localpg import LocalPostgres
-from tests.conftest import AppDb
-from tests.support.environments import lambda_db_pattern, naive_pattern
-from tests.support.ledger import invoke, new_event
-from tests.support.server import terminate_and_wait
 
 __all__ = ["recovery"]
 

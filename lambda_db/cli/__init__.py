@@ -10,5 +10,6 @@ Commands (``lambda-db COMMAND --help`` for each)::
     lambda-db doctor           connection use against every limit (the article's Step 1)
     lambda-db terminate-idle   end idle sessions of a named role (dry run by default)
     lambda-db capacity         max_connections, pool math and Lambda concurrency
-    lambda-db invoke           run a template's function locally, without Docker
+    lambda-db dev              a throwaway PostgreSQL with the schema, and an env.json for it
+    lambda-db invoke           run a template's function under Lambda's runtime client
 """

@@ -27,13 +27,18 @@ from lambda_db.config import Settings
 from lambda_db.database import Database
 from lambda_db.errors import ConnectionLimitError, LambdaDbError
 
-__all__ = ["CommandError", "add_connection_options", "connect", "describe"]
+__all__ = ["CommandError", "UsageError", "add_connection_options", "connect", "describe"]
 
 logger = logging.getLogger(__name__)
 
 
 class CommandError(Exception):
     """A failure the command reports as one line on stderr, exiting with status 2."""
+
+
+class UsageError(CommandError):
+    """Arguments that argparse accepted but the command cannot use (exit status 2, as
+    argparse's own usage errors)."""
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:

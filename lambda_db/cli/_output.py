@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
@@ -19,12 +20,24 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-__all__ = ["format_duration", "parse_duration", "percent", "print_json", "summary", "table"]
+__all__ = [
+    "DurationError",
+    "format_duration",
+    "parse_duration",
+    "percent",
+    "print_json",
+    "summary",
+    "table",
+]
 
 logger = logging.getLogger(__name__)
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+class DurationError(argparse.ArgumentTypeError, ValueError):
+    """Not a duration: a ``ValueError`` whose message argparse prints as it is."""
 
 
 def parse_duration(text: str) -> float:
@@ -40,7 +53,7 @@ def parse_duration(text: str) -> float:
         pass
     parts = _PART.findall(raw)
     if not parts or "".join(n + u for n, u in parts) != raw:
-        raise ValueError(f"not a duration: {text!r} (examples: 90, 30s, 10m, 1h30m)")
+        raise DurationError(f"not a duration: {text!r} (examples: 90, 30s, 10m, 1h30m)")
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 

@@ -27,7 +27,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lambda_db.cli._connection import CommandError, add_connection_options, connect, describe
+from lambda_db.cli._connection import (
+    CommandError,
+    UsageError,
+    add_connection_options,
+    connect,
+    describe,
+)
 from lambda_db.cli._output import print_json, summary, table
 
 __all__ = [
@@ -358,10 +364,7 @@ def run(args: argparse.Namespace) -> int:
     source: str | None = None
     from_server = args.from_server or args.dsn is not None
     if from_server and (args.instance_class is not None or args.max_connections is not None):
-        raise SystemExit(
-            "lambda-db capacity: --dsn reads the server: drop --instance-class "
-            "and --max-connections"
-        )
+        raise UsageError("--dsn reads the server: drop --instance-class and --max-connections")
     if not from_server and args.instance_class is None and args.max_connections is None:
         return _print_classes(args.json)
     memory: float | None = None
@@ -376,8 +379,8 @@ def run(args: argparse.Namespace) -> int:
             else ("db." + args.instance_class)
         )
         if name not in INSTANCE_CLASSES:
-            raise SystemExit(
-                f"lambda-db capacity: unknown instance class {args.instance_class!r}; "
+            raise UsageError(
+                f"unknown instance class {args.instance_class!r}; "
                 "run 'lambda-db capacity' for the table, or pass --max-connections N"
             )
         memory = INSTANCE_CLASSES[name]

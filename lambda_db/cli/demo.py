@@ -32,8 +32,6 @@ import argparse
 import contextlib
 import logging
 import math
-import multiprocessing
-import queue as queue_module
 import secrets
 import sys
 import threading
@@ -47,10 +45,12 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-from lambda_db.cli._demo_env import EnvironmentSpec, run_environment
+from lambda_db.cli._connection import UsageError
 from lambda_db.cli._output import print_json, summary, table
 
 if TYPE_CHECKING:
+    from lambda_db_lab.environments import Pattern, Plan
+    from lambda_db_lab.ledger import Outcome
     from lambda_db_lab.localpg import LocalPostgres
     from lambda_db_lab.pgbouncer import PgBouncer
 
@@ -61,14 +61,8 @@ logger = logging.getLogger(__name__)
 #: How often the sampler reads pg_stat_activity and SHOW POOLS.
 SAMPLE_INTERVAL = 0.02
 
-_TABLE_SQL = """
-CREATE TABLE orders (
-    id         bigserial PRIMARY KEY,
-    order_id   text NOT NULL,
-    quantity   integer NOT NULL CHECK (quantity > 0),
-    created_at timestamptz NOT NULL DEFAULT now()
-)
-"""
+#: Each environment's context counts down from this (the demo's function timeout).
+FUNCTION_TIMEOUT_MS = 10_000
 _COUNT_SQL = (
     "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND backend_type = 'client backend'"
 )
@@ -298,71 +292,42 @@ def _percentile(values: list[float], q: float) -> float:
 def _run_phase(
     name: str,
     title: str,
-    specs: list[EnvironmentSpec],
+    plan: Plan,
     sampler: _Sampler,
     progress: _Progress,
     config: DemoConfig,
 ) -> PhaseResult:
-    ctx = multiprocessing.get_context("spawn")
-    results: Any = ctx.Queue()
-    go, stop = ctx.Event(), ctx.Event()
-    procs = [
-        ctx.Process(
-            target=run_environment,
-            args=(spec, go, stop, results),
-            daemon=True,
-            name=f"env-{name}-{spec.index}",
-        )
-        for spec in specs
-    ]
-    phase = PhaseResult(name=name, title=title, environments=len(specs))
+    """Burst ``config.environments`` environments running ``plan``; the phase's figures."""
+    from lambda_db_lab.environments import Environments
+
+    phase = PhaseResult(name=name, title=title, environments=config.environments)
     latencies: list[float] = []
     failures: Counter[str] = Counter()
-    total = sum(spec.invocations for spec in specs)
+    total = config.environments * config.invocations
+
+    def count(outcome: Outcome) -> None:
+        latencies.append(outcome.elapsed)
+        phase.invocations += 1
+        if outcome.ok:
+            phase.ok += 1
+        elif outcome.is_a("BadEvent"):
+            phase.bad_events += 1
+        else:
+            failures[failure_label(outcome.error or "?", outcome.message)] += 1
+        progress.update(
+            f"  {title:<22} {phase.invocations:>4}/{total} invocations  ok {phase.ok}  "
+            f"bad events {phase.bad_events}  failed {sum(failures.values())}  "
+            f"server connections {sampler.current} (peak {sampler.peak})"
+            + (f"  pgbouncer clients {sampler.peak_clients}" if name == "pgbouncer" else ""),
+            force=phase.invocations == total,
+        )
+
     try:
-        for proc in procs:
-            proc.start()
-        _await(results, "ready", len(procs), procs, timeout=60.0)
-        started = time.monotonic()
-        go.set()
-        done = 0
-        while done < len(procs):
-            if time.monotonic() - started > config.phase_timeout:
-                raise RuntimeError(f"phase {name!r} ran over {config.phase_timeout:g} s")
-            try:
-                message = results.get(timeout=0.1)
-            except queue_module.Empty:
-                _check_alive(procs)
-                message = None
-            if message is not None and message[0] == "invocation":
-                _, _, outcome, seconds = message
-                latencies.append(seconds)
-                phase.invocations += 1
-                if outcome == "ok":
-                    phase.ok += 1
-                elif outcome == "bad event":
-                    phase.bad_events += 1
-                else:
-                    failures[outcome] += 1
-            elif message is not None and message[0] == "done":
-                done += 1
-            progress.update(
-                f"  {title:<22} {phase.invocations:>4}/{total} invocations  ok {phase.ok}  "
-                f"bad events {phase.bad_events}  failed {sum(failures.values())}  "
-                f"server connections {sampler.current} (peak {sampler.peak})"
-                + (f"  pgbouncer clients {sampler.peak_clients}" if name == "pgbouncer" else ""),
-                force=done == len(procs),
-            )
-        phase.seconds = time.monotonic() - started
-        time.sleep(3 * SAMPLE_INTERVAL)  # one more sample with every environment still alive
+        with Environments(plan, config.environments, on_outcome=count) as envs:
+            envs.finish(timeout=config.phase_timeout)
+            phase.seconds = time.monotonic() - envs.released
+            time.sleep(3 * SAMPLE_INTERVAL)  # one more sample with every environment alive
     finally:
-        stop.set()
-        for proc in procs:
-            proc.join(timeout=10)
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
         progress.end_line()
     phase.failures = dict(failures.most_common())
     phase.peak_server_connections = sampler.peak
@@ -374,25 +339,18 @@ def _run_phase(
     return phase
 
 
-def _await(results: Any, kind: str, count: int, procs: list[Any], *, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    seen = 0
-    while seen < count:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {seen} of {count} environments started in {timeout:g} s")
-        try:
-            message = results.get(timeout=0.1)
-        except queue_module.Empty:
-            _check_alive(procs)
-            continue
-        if message[0] == kind:
-            seen += 1
+def failure_label(error: str, message: str) -> str:
+    """A short, stable name for a failure: the exception type and the server's words.
 
-
-def _check_alive(procs: list[Any]) -> None:
-    for proc in procs:
-        if proc.exitcode not in (None, 0):
-            raise RuntimeError(f"environment {proc.name} exited with status {proc.exitcode}")
+    >>> failure_label("OperationalError",
+    ...     'connection to server at "127.0.0.1", port 5432 failed: '
+    ...     'FATAL:  too many connections for role "app"')
+    'OperationalError: FATAL: too many connections for role "app"'
+    """
+    text = " ".join(message.split())
+    if "FATAL:" in text:
+        text = text[text.index("FATAL:") :]
+    return f"{error}: {text[:160]}"
 
 
 def _wait_drained(admin: psycopg2.extensions.connection, role: str, timeout: float = 15.0) -> None:
@@ -460,24 +418,15 @@ def run_demo(
             )
             sampler = _Sampler(admin, role)
             sampler.start()
-            direct = pg.connect_kwargs(user=role, password=password, dbname=dbname)
+            environ = _environ(pg.host, pg.port, dbname, role, password)
             result = DemoResult(config=config, server_version=version, role=role, phases=[])
+            naive = {**environ, "DB_APPLICATION_NAME": "demo-naive"}
             result.phases.append(
-                _phase(config, "naive", "1 naive", "naive", direct, {}, sampler, out)
+                _phase(config, "naive", "1 naive", "connect-per-invocation", naive, sampler, out)
             )
             _wait_drained(admin, role)
-            environ = {
-                "DB_HOST": pg.host,
-                "DB_PORT": str(pg.port),
-                "DB_NAME": dbname,
-                "DB_USER": role,
-                "DB_PASSWORD": password,
-                "DB_AUTH_MODE": "password",
-                "DB_SSLMODE": "disable",
-                "DB_APPLICATION_NAME": "demo-lambda-db",
-            }
             result.phases.append(
-                _phase(config, "lambda-db", "2 lambda-db", "lambda-db", {}, environ, sampler, out)
+                _phase(config, "lambda-db", "2 lambda-db", "lambda-db", environ, sampler, out)
             )
             _wait_drained(admin, role)
             result.pooler_skipped = _pooler_phase(
@@ -497,27 +446,25 @@ def _phase(
     config: DemoConfig,
     name: str,
     title: str,
-    kind: str,
-    connect_kwargs: dict[str, Any],
+    pattern: Pattern,
     environ: dict[str, str],
     sampler: _Sampler,
     out: _Progress,
     bouncer: PgBouncer | None = None,
 ) -> PhaseResult:
-    specs = [
-        EnvironmentSpec(
-            kind=kind,
-            index=i,
-            invocations=config.invocations,
-            bad_every=config.bad_every,
-            work=config.work_ms / 1000,
-            connect_kwargs=connect_kwargs,
-            environ=environ,
-        )
-        for i in range(config.environments)
-    ]
+    from lambda_db_lab.environments import Plan
+
+    plan = Plan(
+        env=environ,
+        pattern=pattern,
+        invocations=config.invocations,
+        timeout_ms=FUNCTION_TIMEOUT_MS,
+        work=config.work_ms / 1000,
+        bad_every=config.bad_every,
+        hold=True,  # a leaked connection stays open until the burst is over
+    )
     sampler.watch(bouncer)
-    return _run_phase(name, title, specs, sampler, out, config)
+    return _run_phase(name, title, plan, sampler, out, config)
 
 
 def _pooler_phase(
@@ -546,9 +493,11 @@ def _pooler_phase(
                 config,
                 "pgbouncer",
                 "3 naive via pgbouncer",
-                "naive",
-                bouncer.connect_kwargs(role),
-                {},
+                "connect-per-invocation",
+                {
+                    **_environ(bouncer.host, bouncer.port, dbname, role, password),
+                    "DB_APPLICATION_NAME": "demo-naive",
+                },
                 sampler,
                 out,
                 bouncer,
@@ -558,11 +507,28 @@ def _pooler_phase(
     return None
 
 
+def _environ(host: str, port: int, dbname: str, role: str, password: str) -> dict[str, str]:
+    """The functions' ``DB_*`` variables (password mode, no TLS: a local server)."""
+    return {
+        "DB_HOST": host,
+        "DB_PORT": str(port),
+        "DB_NAME": dbname,
+        "DB_USER": role,
+        "DB_PASSWORD": password,
+        "DB_AUTH_MODE": "password",
+        "DB_SSLMODE": "disable",
+        "DB_APPLICATION_NAME": "demo-lambda-db",
+    }
+
+
 def _create_schema(kwargs: dict[str, Any]) -> None:
+    """The ledger's table (one row per successful invocation), owned by the demo's role."""
+    from lambda_db_lab.ledger import DDL
+
     conn = psycopg2.connect(**kwargs)
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(_TABLE_SQL)
+            cur.execute(DDL)
     finally:
         conn.close()
 
@@ -728,7 +694,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 1 when it did not show what it claims."""
     for option in ("environments", "invocations", "limit", "pool_size"):
         if getattr(args, option) < 1:
-            raise SystemExit(f"lambda-db demo: --{option.replace('_', '-')} must be at least 1")
+            raise UsageError(f"--{option.replace('_', '-')} must be at least 1")
     config = DemoConfig(
         environments=args.environments,
         invocations=args.invocations,

@@ -2,12 +2,13 @@
 
 Each command module registers its parser (``add_parser``) and handles its arguments
 (``run(args) -> exit status``). Heavy or optional imports (the embedded server,
-pgbouncer, YAML) happen inside the command that needs them, so ``lambda-db capacity``
-starts fast and works without the ``cli`` extra's packages.
+pgbouncer, SAM CLI, the runtime client) happen inside the command that needs them, so
+``lambda-db capacity`` starts fast and works without the extras' packages.
 
 Exit status: what the command returns (0 success; 1 a check failed: a limit above the
-threshold, a workload that does not fit); 2 a usage error or a server that cannot be
-reached.
+threshold, a workload that does not fit); 2 a usage error (argparse's or the command's)
+or a server that cannot be reached; 130 interrupted. ``main`` returns it, never raises
+``SystemExit``.
 
 Example::
 
@@ -21,73 +22,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from lambda_db.cli import capacity, demo, doctor, terminate
+from lambda_db.cli import capacity, demo, dev, doctor, invoke, terminate
 from lambda_db.cli._connection import CommandError
 
 __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger(__name__)
-
-
-def _add_invoke_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "invoke",
-        help="run a template's function locally, without Docker (like sam local invoke)",
-        description="Invoke FUNCTION_LOGICAL_ID from a SAM template in this process's "
-        "Python: handler, CodeUri and Environment from the template, --env-vars overrides "
-        "in SAM's env.json format, a Lambda context with a deadline. Prints the response.",
-    )
-    parser.add_argument("function", metavar="FUNCTION_LOGICAL_ID")
-    parser.add_argument(
-        "--event",
-        "-e",
-        required=True,
-        metavar="FILE",
-        help="the event, a JSON file ('-' for standard input)",
-    )
-    parser.add_argument(
-        "--env-vars",
-        "-n",
-        metavar="FILE",
-        help="JSON: {FunctionLogicalId: {VAR: value}, Parameters: {...}}",
-    )
-    parser.add_argument(
-        "--template",
-        "-t",
-        default="template.yaml",
-        metavar="FILE",
-        help="the SAM template (default %(default)s)",
-    )
-    parser.set_defaults(handler=_run_invoke)
-
-
-def _run_invoke(args: argparse.Namespace) -> int:
-    """Load the event (and env.json), invoke, print the response; exit 1 on a function error."""
-    import json
-
-    from lambda_db.cli.invoke import InvokeError, invoke
-
-    try:
-        if args.event == "-":
-            event = json.load(sys.stdin)
-        else:
-            with open(args.event, encoding="utf-8") as f:
-                event = json.load(f)
-        env_vars = None
-        if args.env_vars:
-            with open(args.env_vars, encoding="utf-8") as f:
-                env_vars = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"cannot read the event or env-vars file: {exc}") from exc
-    try:
-        response = invoke(args.function, event, template_path=args.template, env_vars=env_vars)
-    except InvokeError as exc:
-        raise CommandError(str(exc)) from exc
-    print(json.dumps(response, indent=2, default=str))
-    failed = isinstance(response, dict) and "errorType" in response
-    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,10 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     demo.add_parser(subparsers)
+    dev.add_parser(subparsers)
     doctor.add_parser(subparsers)
     terminate.add_parser(subparsers)
     capacity.add_parser(subparsers)
-    _add_invoke_parser(subparsers)
+    invoke.add_parser(subparsers)
     return parser
 
 
@@ -118,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ...
     0
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0), or a usage error it printed (2)
+        return exc.code if isinstance(exc.code, int) else 2
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -11,7 +11,7 @@ import psycopg2.extensions
 import pytest
 
 from lambda_db.cli.main import main
-from tests.conftest import AppDb
+from lambda_db_lab.appdb import AppDb
 
 
 @dataclass

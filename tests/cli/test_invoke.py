@@ -1,4 +1,4 @@
-"""lambda-db invoke: the subcommand over lambda_db.cli.invoke (a Docker-free sam local invoke)."""
+"""lambda-db invoke: the subcommand over lambda_db.cli.invoke (the function under awslambdaric)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lambda_db_lab.appdb import AppDb
 from tests.cli.conftest import Cli
-from tests.conftest import AppDb
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,8 +39,13 @@ Resources:
 TINY_HANDLER = """\
 import os
 
+CALLS = 0
+
 def handler(event, context):
-    return {"greeting": os.environ["GREETING"], "name": event["name"],
+    global CALLS
+    CALLS += 1
+    print("a log line, on stderr")
+    return {"greeting": os.environ["GREETING"], "name": event["name"], "calls": CALLS,
             "remaining_ms_positive": context.get_remaining_time_in_millis() > 0}
 
 def fail(event, context):
@@ -71,8 +76,19 @@ def test_invoke_on_a_tiny_template(cli: Cli, tiny: Path) -> None:
     assert json.loads(result.stdout) == {
         "greeting": "hello",
         "name": "Ada",
+        "calls": 1,
         "remaining_ms_positive": True,
     }
+    assert "a log line, on stderr" in result.stderr
+
+
+def test_several_events_run_in_one_warm_environment(cli: Cli, tiny: Path) -> None:
+    event = str(tiny / "event.json")
+    result = cli(
+        "invoke", "EchoFunction", "-e", event, "-e", event, "-t", str(tiny / "template.yaml")
+    )
+    assert result.status == 0, result.stderr
+    assert [json.loads(line)["calls"] for line in result.stdout.splitlines()] == [1, 2]
 
 
 def test_invoke_env_vars_override_the_template(cli: Cli, tiny: Path) -> None:
@@ -112,6 +128,18 @@ def test_unknown_function_or_bad_event_file_exit_2(cli: Cli, tiny: Path) -> None
     bad = cli("invoke", "EchoFunction", "--event", str(tiny / "nope.json"), "-t", template)
     assert bad.status == 2
     assert "cannot read" in bad.stderr
+    overrides = cli(
+        "invoke",
+        "EchoFunction",
+        "-e",
+        str(tiny / "event.json"),
+        "-t",
+        template,
+        "--parameter-overrides",
+        "novalue",
+    )
+    assert overrides.status == 2
+    assert "KEY=VALUE" in overrides.stderr
 
 
 def test_invoke_runs_the_connection_report_example(cli: Cli, app_db: AppDb, tmp_path: Path) -> None:
@@ -148,10 +176,8 @@ def test_invoke_runs_the_connection_report_example(cli: Cli, app_db: AppDb, tmp_
         str(template),
     )
     assert result.status == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    # Powertools writes its metric and log lines first; the response is the last JSON.
-    lines = result.stdout.splitlines()
-    start = max(i for i, line in enumerate(lines) if line == "{")
-    response = json.loads("\n".join(lines[start:]))
+    response = json.loads(result.stdout)  # Powertools' metric and log lines went to stderr
+    assert '"_aws"' in result.stderr
     names = {(entry["scope"], entry["name"]) for entry in response["limits"]}
     assert ("server", "max_connections") in names
     assert app_db.password not in result.stdout

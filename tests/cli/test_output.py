@@ -13,7 +13,7 @@ MODULES = [
     "lambda_db.diagnostics",
     "lambda_db.cli._output",
     "lambda_db.cli._connection",
-    "lambda_db.cli._demo_env",
+    "lambda_db_lab.ledger",
     "lambda_db.cli.capacity",
     "lambda_db.cli.doctor",
     "lambda_db.cli.demo",

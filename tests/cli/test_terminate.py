@@ -9,8 +9,8 @@ import psycopg2
 import pytest
 
 from lambda_db.cli.terminate import find_idle, terminate
+from lambda_db_lab.appdb import AppDb
 from tests.cli.conftest import Cli, Sessions
-from tests.conftest import AppDb
 
 
 def _alive(conn: psycopg2.extensions.connection) -> bool:
@@ -135,7 +135,6 @@ def test_never_its_own_backend(app_db: AppDb) -> None:
 
 
 def test_a_user_is_required(cli: Cli) -> None:
-    with pytest.raises(SystemExit):
-        cli("terminate-idle", "--older-than", "10m")
+    assert cli("terminate-idle", "--older-than", "10m").status == 2
     with pytest.raises(ValueError, match="name at least one user"):
         find_idle(None, users=[], older_than=1)  # type: ignore[arg-type]

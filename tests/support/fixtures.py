@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import AppDb
-from tests.support.ledger import create_table
+from lambda_db_lab.appdb import AppDb
+from lambda_db_lab.ledger import create_table
 
 __all__ = ["ledger_db"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AppDb
+from lambda_db_lab.appdb import AppDb
 from tests.template.conftest import EVENTS, CloudFormation, Run, load_event
 
 ITEMS_APP = "items-api"

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 from lambda_db import Database, with_connection
 
 if TYPE_CHECKING:
-    from tests.conftest import AppDb
+    from lambda_db_lab.appdb import AppDb
 
 __all__ = [
+    "BadEvent",
     "DDL",
     "TABLE",
     "Ledger",
@@ -37,6 +38,7 @@ __all__ = [
     "new_event",
     "handler_for",
     "invoke",
+    "is_bad",
     "write_row",
 ]
 
@@ -48,13 +50,36 @@ INSERT = f"INSERT INTO {TABLE} (id, env, seq) VALUES (%s, %s, %s)"
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
-def new_event(seq: int = 0, env: int = 0, work: float = 0.0) -> dict[str, Any]:
-    """An invocation's event: a new unique id, who sends it, and how long to hold."""
-    return {"id": uuid.uuid4().hex, "env": env, "seq": seq, "work": work}
+class BadEvent(ValueError):
+    """The event cannot be processed: the handler's error path, taken on purpose."""
+
+
+def new_event(
+    seq: int = 0, env: int = 0, work: float = 0.0, *, bad: bool = False
+) -> dict[str, Any]:
+    """An invocation's event: a new unique id, who sends it, how long to hold, and
+    whether it is malformed (:func:`write_row` then raises :class:`BadEvent`)."""
+    return {"id": uuid.uuid4().hex, "env": env, "seq": seq, "work": work, "bad": bad}
+
+
+def is_bad(seq: int, bad_every: int) -> bool:
+    """Whether invocation ``seq`` gets a malformed event: the second, then every
+    ``bad_every``-th (never when ``bad_every`` is 0).
+
+    >>> [is_bad(seq, 4) for seq in range(6)]
+    [False, True, False, False, False, True]
+    """
+    return bad_every > 0 and seq % bad_every == 1
 
 
 def write_row(cur: Any, event: Mapping[str, Any]) -> None:
-    """The work of one invocation: insert its row, read it back, optionally hold."""
+    """The work of one invocation: insert its row, read it back, optionally hold.
+
+    A malformed event (``"bad": true``) raises :class:`BadEvent` before any statement,
+    as a handler's validation would: what the handler leaves behind is its error path's.
+    """
+    if event.get("bad"):
+        raise BadEvent(f"event {event['id']}: malformed on purpose")
     cur.execute(INSERT, (event["id"], event["env"], event["seq"]))
     cur.execute(f"SELECT count(*) FROM {TABLE} WHERE id = %s", (event["id"],))
     row = cur.fetchone()
@@ -136,7 +161,7 @@ def invoke(
     unknown = False
     try:
         handler(event, context)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 (every failure is an outcome to record)
         family = tuple(cls.__name__ for cls in type(exc).__mro__)
         message = " ".join(str(exc).split())
         unknown = bool(getattr(exc, "outcome_unknown", False))

