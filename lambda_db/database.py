@@ -36,7 +36,7 @@ from typing import Any
 
 import psycopg2.extensions
 
-from lambda_db import _snapstart
+from lambda_db import _powertools, _snapstart
 from lambda_db._backoff import Backoff
 from lambda_db._classify import brief, disconnected
 from lambda_db._connect import connect_with_retry
@@ -103,6 +103,7 @@ class Database:
         self.stats = Stats()
         _INSTANCES.add(self)
         _snapstart.register_hooks(_before_snapshot, _after_restore)
+        _powertools.warn_if_hidden()  # once per process: a filter would drop our records
 
     def __repr__(self) -> str:
         s = self._settings

@@ -17,12 +17,12 @@ import pytest
 
 from lambda_db import Database
 from lambda_db.testing import LambdaContext
+from lambda_db_lab.appdb import terminate_and_wait
+from lambda_db_lab.environments import Environments, Plan
+from lambda_db_lab.ledger import Ledger, committed_ids, handler_for, invoke, new_event
 from lambda_db_lab.pgbouncer import PgBouncer, find_pgbouncer
+from lambda_db_lab.sampler import ConnectionSampler
 from tests.conftest import AppDb
-from tests.support.environments import Environments, Plan
-from tests.support.ledger import Ledger, committed_ids, handler_for, invoke, new_event
-from tests.support.sampler import ConnectionSampler
-from tests.support.server import terminate_and_wait
 
 pytestmark = pytest.mark.skipif(
     find_pgbouncer() is None,

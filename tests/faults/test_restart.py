@@ -12,10 +12,10 @@ import time
 
 import pytest
 
+from lambda_db_lab.appdb import ledger_app_db
+from lambda_db_lab.environments import Environments, Plan
+from lambda_db_lab.ledger import Ledger, committed_ids
 from lambda_db_lab.localpg import LocalPostgres
-from tests.support.environments import Environments, Plan
-from tests.support.ledger import Ledger, committed_ids
-from tests.support.server import ledger_app_db
 
 ENVIRONMENTS = 8
 TIMEOUT_MS = 2000  # the function's timeout

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from lambda_db import Database
 from lambda_db.testing import LambdaContext
+from lambda_db_lab.ledger import Ledger, committed_ids, handler_for, invoke, new_event
 from tests.conftest import AppDb
-from tests.support.ledger import Ledger, committed_ids, handler_for, invoke, new_event
 
 
 def test_a_one_second_function_can_use_the_database_with_default_settings(

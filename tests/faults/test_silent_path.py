@@ -25,10 +25,10 @@ import pytest
 
 from lambda_db import Database, Settings
 from lambda_db.testing import LambdaContext
+from lambda_db_lab.ledger import Ledger, committed_ids, handler_for, invoke, new_event
 from lambda_db_lab.relay import Relay
+from lambda_db_lab.wait import wait_for
 from tests.conftest import AppDb
-from tests.support.ledger import Ledger, committed_ids, handler_for, invoke, new_event
-from tests.support.wait import wait_for
 
 #: Lambda's default function timeout.
 TIMEOUT_MS = 3000

@@ -21,9 +21,8 @@ import lambda_db
 from lambda_db import Database
 from lambda_db._backoff import Backoff
 from lambda_db.testing import LambdaContext
-from lambda_db_lab.localpg import LocalPostgres
-from tests.conftest import AppDb
-from tests.support.ledger import (
+from lambda_db_lab.appdb import ledger_app_db
+from lambda_db_lab.ledger import (
     Ledger,
     committed_ids,
     create_table,
@@ -31,8 +30,9 @@ from tests.support.ledger import (
     invoke,
     new_event,
 )
-from tests.support.server import ledger_app_db
-from tests.support.wait import wait_for
+from lambda_db_lab.localpg import LocalPostgres
+from lambda_db_lab.wait import wait_for
+from tests.conftest import AppDb
 
 SEED = 20260317
 

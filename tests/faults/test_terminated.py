@@ -14,10 +14,10 @@ import pytest
 
 from lambda_db import Database
 from lambda_db.testing import LambdaContext
+from lambda_db_lab.appdb import terminate_and_wait
+from lambda_db_lab.ledger import Ledger, Outcome, committed_ids, handler_for, invoke, new_event
+from lambda_db_lab.wait import wait_for
 from tests.conftest import AppDb
-from tests.support.ledger import Ledger, Outcome, committed_ids, handler_for, invoke, new_event
-from tests.support.server import terminate_and_wait
-from tests.support.wait import wait_for
 
 
 def test_terminated_while_idle_next_invocation_succeeds_without_sleeping(ledger_db: AppDb) -> None:

@@ -10,8 +10,8 @@ import pytest
 import lambda_db
 from lambda_db import Database, with_connection
 from lambda_db.testing import LambdaContext
+from lambda_db_lab.wait import wait_for
 from tests.conftest import AppDb
-from tests.support.wait import wait_for
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
+from lambda_db_lab.appdb import terminate_and_wait
+from lambda_db_lab.environments import Environments, Pattern, Plan
+from lambda_db_lab.ledger import Ledger, committed_ids
+from lambda_db_lab.sampler import ConnectionSampler
 from tests.conftest import AppDb
-from tests.support.environments import Environments, Pattern, Plan
-from tests.support.ledger import Ledger, committed_ids
-from tests.support.sampler import ConnectionSampler
-from tests.support.server import terminate_and_wait
 
 ENVIRONMENTS = 8
 INVOCATIONS = 30

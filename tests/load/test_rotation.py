@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from psycopg2 import sql
 
+from lambda_db_lab.appdb import terminate_and_wait
+from lambda_db_lab.environments import Environments, Plan
+from lambda_db_lab.ledger import Ledger, committed_ids
+from lambda_db_lab.sampler import ConnectionSampler
 from tests.conftest import AppDb
-from tests.support.environments import Environments, Plan
-from tests.support.ledger import Ledger, committed_ids
-from tests.support.sampler import ConnectionSampler
-from tests.support.server import terminate_and_wait
 
 ENVIRONMENTS = 4
 AWS = {
