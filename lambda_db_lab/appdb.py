@@ -50,6 +50,9 @@ class AppDb(dict[str, str]):
         self.password = password
         self.application_name = f"test-{name}"
 
+    def __repr__(self) -> str:  # not the dict's: it holds the password
+        return f"<AppDb {self.name} on {self.pg.host}:{self.pg.port}>"
+
     @property
     def settings(self) -> lambda_db.Settings:
         """Settings for this database (password mode)."""

@@ -8,6 +8,11 @@ from, in order, ``$LAMBDA_DB_PG_BINDIR``, a ``postgres`` on ``PATH``, or the
 run as root, so as root the server runs as an unprivileged system user
 (``lambda_db_pg``, created with ``useradd`` when missing).
 
+With ``statement_log=True`` the server logs every statement and every connection as JSON
+lines (``jsonlog`` through the logging collector, PostgreSQL 15 and later) to
+:attr:`LocalPostgres.statement_log_path`: what each session sent, for tests that count or
+vet statements (``tests/support/pinlog.py``).
+
 With ``tls=True`` a test certificate authority is made on the spot (``trustme``) and
 :attr:`LocalPostgres.ca_path` verifies the server as ``localhost`` and ``127.0.0.1``
 under ``sslmode=verify-full``. When the binaries were built without OpenSSL (the
@@ -54,6 +59,19 @@ logger = logging.getLogger(__name__)
 ENV_BINDIR = "LAMBDA_DB_PG_BINDIR"
 SYSTEM_USER = "lambda_db_pg"
 _SSL_REQUEST = 80877103
+
+#: ``postgresql.conf`` for ``statement_log=True``. The collector writes ``jsonlog`` to
+#: ``postgresql.json`` (it swaps a ``.log`` suffix for ``.json``), one file for the server's
+#: life (no rotation); line-buffered, so a record is readable soon after the statement.
+STATEMENT_LOG_SETTINGS = {
+    "logging_collector": "on",
+    "log_destination": "'jsonlog'",
+    "log_filename": "'postgresql.log'",
+    "log_rotation_age": "0",
+    "log_rotation_size": "0",
+    "log_statement": "'all'",
+    "log_connections": "on",
+}
 _GSSENC_REQUEST = 80877104
 
 
@@ -105,9 +123,11 @@ class LocalPostgres:
         tls: bool = False,
         settings: dict[str, str] | None = None,
         bindir: Path | None = None,
+        statement_log: bool = False,
     ) -> None:
         self.bindir = (bindir or find_bindir()).resolve()
         self.tls = tls
+        self.statement_log = statement_log
         self.settings = dict(settings or {})
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -115,6 +135,8 @@ class LocalPostgres:
         self._base = Path(tempfile.mkdtemp(prefix="lambda-db-pg-"))
         self.datadir = self._base / "data"
         self.log_path = self._base / "server.log"
+        #: The JSON statement log (with ``statement_log=True``): one record per line.
+        self.statement_log_path = self._base / "log" / "postgresql.json"
         self.ca_path: Path | None = None
         self._terminator: _TlsTerminator | None = None
         self._run_as: pwd.struct_passwd | None = None
@@ -269,6 +291,8 @@ class LocalPostgres:
             "superuser_reserved_connections": "3",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
         }
+        if self.statement_log:
+            conf.update(STATEMENT_LOG_SETTINGS, log_directory=f"'{self._base / 'log'}'")
         if self.tls:
             self._make_certificates(conf)
         conf.update(self.settings)
@@ -317,8 +341,14 @@ class LocalPostgres:
             **kwargs,
         )
         if result.returncode != 0:
-            log = self.log_path.read_text()[-3000:] if self.log_path.exists() else ""
+            log = self._log_tail()
             raise RuntimeError(f"{program} failed ({result.returncode}):\n{result.stdout}\n{log}")
+
+    def _log_tail(self, chars: int = 3000) -> str:
+        """The end of the server's log: ``pg_ctl``'s file, then the collector's if any."""
+        paths = (self.log_path, self.statement_log_path)
+        text = "".join(p.read_text(errors="replace") for p in paths if p.exists())
+        return text[-chars:]
 
     def _chown(self, path: Path) -> None:
         if self._run_as is not None:

@@ -28,12 +28,19 @@ _POLL_SECONDS = 0.02
 
 
 class Relay:
-    """Forward ``127.0.0.1:<port>`` to ``upstream``, until told to go silent."""
+    """Forward ``127.0.0.1:<port>`` to ``upstream``, until told to go silent.
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    ``listener`` is a listening socket to accept on instead (for example one made inside a
+    network namespace, :meth:`lambda_db_lab.netns.VethNamespace.listen`); the relay owns it.
+    Connections upstream are made from the relay's own thread, in the process's namespace.
+    """
+
+    def __init__(
+        self, upstream_host: str, upstream_port: int, *, listener: socket.socket | None = None
+    ) -> None:
         self._upstream = (upstream_host, upstream_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.host = "127.0.0.1"
+        self._listener = listener or socket.create_server(("127.0.0.1", 0))
+        self.host: str = self._listener.getsockname()[0]
         self.port: int = self._listener.getsockname()[1]
         self._flowing = threading.Event()
         self._flowing.set()

@@ -2,33 +2,126 @@
 
 The server is real (``lambda_db_lab.localpg``): TCP on 127.0.0.1, scram-sha-256, TLS with a
 CA made for this run. Nothing here mocks psycopg2.
+
+The pin recorder (``tests/support/pinlog.py``) watches that server for the whole run: it
+logs every statement, and after each test that used it, every statement a non-superuser
+session sent during the test is checked against RDS Proxy's pinning list. ``$LAMBDA_DB_PINLOG``
+chooses what a finding does: ``enforce`` fails the test, ``report`` lists it in the
+summary, ``off`` turns the statement log off. A test that pins on purpose says so with
+``@pytest.mark.pins("why")``: its findings are reported, never failed.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 import lambda_db
 from lambda_db_lab.appdb import AppDb as AppDb  # re-exported: the tests import it from here
 from lambda_db_lab.localpg import LocalPostgres
+from tests.support.pinlog import (
+    ENV_MODE,
+    Finding,
+    Mode,
+    PinLog,
+    findings,
+    mode_from_env,
+    verdict,
+)
 
 _counter = itertools.count()
+
+#: A pinning statement fails its test (``LAMBDA_DB_PINLOG=report`` lists them instead).
+PINLOG_DEFAULT: Mode = "enforce"
+PINLOG_MODE: Mode = mode_from_env(PINLOG_DEFAULT)
+
+_FINDINGS = pytest.StashKey[dict[str, tuple[list[Finding], str | None]]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "pins(reason): the test pins a connection on purpose; the pin recorder reports its "
+        "findings instead of failing it",
+    )
+    config.stash[_FINDINGS] = {}
 
 
 @pytest.fixture(scope="session")
 def pg() -> Iterator[LocalPostgres]:
-    """The suite's PostgreSQL server (TLS available on ``pg.tls_port``)."""
-    server = LocalPostgres(tls=True, settings={"max_connections": "120"})
+    """The suite's PostgreSQL server (TLS available on ``pg.tls_port``), logging statements."""
+    server = LocalPostgres(
+        tls=True, settings={"max_connections": "120"}, statement_log=PINLOG_MODE != "off"
+    )
     server.start()
     try:
         yield server
     finally:
         server.destroy()
+
+
+@pytest.fixture(scope="session")
+def pinlog(pg: LocalPostgres) -> Iterator[PinLog]:
+    """The suite server's statement log (``with pinlog.capture() as block: ...``)."""
+    if PINLOG_MODE == "off":
+        pytest.skip(f"{ENV_MODE}=off: the server keeps no statement log")
+    log = PinLog(pg)
+    try:
+        yield log
+    finally:
+        log.close()
+
+
+@pytest.fixture(autouse=True)
+def _pin_recorder(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that used the suite's server: no pinning statement, unless marked ``pins``."""
+    if PINLOG_MODE == "off" or "pg" not in request.fixturenames:
+        yield
+        return
+    log: PinLog = request.getfixturevalue("pinlog")
+    yield
+    found = findings(log.take(), log.superusers)
+    marker = request.node.get_closest_marker("pins")
+    pins = None if marker is None else str(marker.args[0] if marker.args else "marked pins")
+    if found or pins is not None:
+        request.config.stash[_FINDINGS][request.node.nodeid] = (found, pins)
+    failure = verdict(found, pins=pins, mode=PINLOG_MODE)
+    if failure is not None:
+        pytest.fail(failure, pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """What the pin recorder found: by reason and statement; tests marked ``pins`` in full."""
+    seen = config.stash.get(_FINDINGS, {})
+    if not seen:
+        return
+    tr = terminalreporter
+    tr.section(f"pin recorder ({ENV_MODE}={PINLOG_MODE})")
+    tests_with = sum(1 for found, _ in seen.values() if found)
+    total = sum(len(found) for found, _ in seen.values())
+    tr.write_line(
+        f"{total} pinning statement(s) from non-superuser sessions in {tests_with} test(s)"
+    )
+    shapes: dict[str, set[str]] = {}
+    for nodeid, (found, _) in seen.items():
+        for f in found:
+            shape = re.sub(r"'[^']*'|\b\d+\b", "?", " ".join(f.record.sql.split()))[:100]
+            shapes.setdefault(f"{f.reason}: {shape}", set()).add(nodeid)
+    for shape, nodeids in sorted(shapes.items(), key=lambda kv: -len(kv[1])):
+        tr.write_line(f"  {len(nodeids):4d} test(s)  {shape}")
+    for nodeid, (found, pins) in seen.items():
+        if pins is None and config.get_verbosity() < 1:
+            continue
+        why = f" [pins: {pins}]" if pins is not None else ""
+        tr.write_line(f"{nodeid}: {len(found)} finding(s){why}")
+        for f in found[:3]:
+            tr.write_line(f"    {f}")
 
 
 @pytest.fixture

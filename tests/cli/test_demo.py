@@ -16,6 +16,10 @@ SHORT = DemoConfig(environments=3, invocations=6, limit=4, bad_every=2, work_ms=
 
 
 @pytest.mark.slow
+@pytest.mark.pins(
+    "its third run goes through pgbouncer, which sends SET application_name on its server "
+    "sessions (lambda-db sends none)"
+)
 def test_short_demo_on_the_test_server(pg: LocalPostgres) -> None:
     result = run_demo(SHORT, server=pg)
     naive, fixed = result.phase("naive"), result.phase("lambda-db")

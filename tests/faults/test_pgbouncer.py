@@ -108,6 +108,10 @@ def test_control_a_session_level_set_does_leak(ledger_db: AppDb, pool_of_one: Pg
 
 
 @pytest.mark.slow
+@pytest.mark.pins(
+    "pgbouncer itself sends SET application_name='...' on its server session when it hands "
+    "it to a client (lambda-db sends none)"
+)
 def test_environments_share_two_server_sessions_and_survive_their_termination(
     ledger_db: AppDb,
 ) -> None:

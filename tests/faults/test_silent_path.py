@@ -7,17 +7,14 @@ doing (the idle ping, the invocation's first statement, COMMIT, a new connection
 end in a typed error before the invocation's deadline, and the first invocation after
 the path heals must succeed.
 
-The relay's kernel still acknowledges what it receives: this is the hung proxy, not the
-black hole. lambda-db bounds the handler's own statements on such a path only with
-``DB_STATEMENT_GUARD=true``; by default it relies on ``TCP_USER_TIMEOUT``, which fires only
-when data goes unacknowledged (a black hole, which needs packet filtering to reproduce and
-is not tested here). ``test_handler_statement_on_a_hung_proxy_without_the_guard`` pins the
-default's behaviour.
+The relay's kernel still acknowledges what it receives: this is the hung peer (a proxy that
+stopped answering), not the black hole (``test_blackhole.py``). ``TCP_USER_TIMEOUT`` never
+fires here, since nothing goes unacknowledged: only a deadline kept by the client ends a
+handler's statement (``test_handler_statement_on_a_hung_peer``).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +26,7 @@ from lambda_db_lab.ledger import Ledger, committed_ids, handler_for, invoke, new
 from lambda_db_lab.relay import Relay
 from lambda_db_lab.wait import wait_for
 from tests.conftest import AppDb
+from tests.faults.conftest import assert_cut_in_time_then_recovered, invoke_or_heal
 
 #: Lambda's default function timeout.
 TIMEOUT_MS = 3000
@@ -61,7 +59,6 @@ def silence_now(relay: Relay, *, then: str | None) -> Any:
 
 # (case, settings changes, function timeout, warm before the fault?, expected error)
 CASES = [
-    ("statement", {}, TIMEOUT_MS, True, "DeadlineExceededError"),
     ("commit", {}, TIMEOUT_MS, True, "DeadlineExceededError"),
     ("first-statement", {}, TIMEOUT_MS, True, "DeadlineExceededError"),
     ("idle-ping", {"idle_ping_after": 0.0}, TIMEOUT_MS, True, "DatabaseUnavailableError"),
@@ -89,9 +86,8 @@ def test_silent_path_typed_error_inside_the_deadline_then_recovery(
         outcomes.append(
             invoke(handler_for(db), new_event(0), LambdaContext(timeout=timeout_ms / 1000))
         )
-    if case in ("statement", "commit"):
-        then = "SELECT 1" if case == "statement" else None
-        handler = handler_for(db, during=silence_now(relay, then=then))
+    if case == "commit":
+        handler = handler_for(db, during=silence_now(relay, then=None))
     else:
         relay.silence()
         handler = handler_for(db)
@@ -135,35 +131,16 @@ def test_a_connection_lost_at_the_first_statement_is_counted_once(
 
 
 @pytest.mark.slow
-def test_handler_statement_on_a_hung_proxy_without_the_guard(
-    ledger_db: AppDb, relay: Relay
-) -> None:
-    """Default settings: the handler's statement waits until the path heals, past the
-    deadline (Lambda would kill the environment): an expected failure today. Once the
-    default bounds this case, it passes on the same assertions as the guarded case."""
+def test_handler_statement_on_a_hung_peer(ledger_db: AppDb, relay: Relay) -> None:
+    """The relay stops reading (its kernel keeps acknowledging) just before the handler's
+    statement: the invocation must end with ``DeadlineExceededError`` before its deadline,
+    with the default settings, and the next one succeed once the relay forwards again."""
     db = Database(through(relay, ledger_db))
-    assert invoke(handler_for(db), new_event(0), LambdaContext(timeout=TIMEOUT_MS / 1000)).ok
+    warm = invoke(handler_for(db), new_event(0), LambdaContext(timeout=TIMEOUT_MS / 1000))
     handler = handler_for(db, during=silence_now(relay, then="SELECT 1"))
-    result: list[Any] = []
-    thread = threading.Thread(
-        target=lambda: result.append(
-            invoke(handler, new_event(1), LambdaContext(timeout=TIMEOUT_MS / 1000))
-        ),
-        daemon=True,
-    )
-    thread.start()
-    thread.join(TIMEOUT_MS / 1000 + 2.0)  # well past the deadline
-    stuck = thread.is_alive()
+    doomed, overran = invoke_or_heal(handler, new_event(1), heal=relay.heal)
     relay.heal()
-    thread.join(30)
-    (outcome,) = result
+    after = invoke(handler_for(db), new_event(2), LambdaContext(timeout=TIMEOUT_MS / 1000))
     db.close()
-    if stuck:
-        assert not outcome.inside_deadline
-        pytest.xfail(
-            f"{outcome.elapsed:.1f} s for a {TIMEOUT_MS / 1000:g} s function: without "
-            "DB_STATEMENT_GUARD the handler's statements are bounded by TCP_USER_TIMEOUT "
-            "only, and a path that acknowledges (a hung proxy) never trips it"
-        )
-    assert outcome.is_a("DatabaseUnavailableError")
-    assert outcome.inside_deadline
+    assert warm.ok, warm
+    assert_cut_in_time_then_recovered(ledger_db, [warm, doomed, after], overran=overran)

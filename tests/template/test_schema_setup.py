@@ -12,6 +12,7 @@ import psycopg2.errors
 import pytest
 
 from tests.conftest import AppDb
+from tests.support.pinlog import PinLog
 from tests.template.conftest import AppRole, CloudFormation, Run, load_event
 
 #: The property values in events/schema-*.json.
@@ -63,7 +64,10 @@ def test_app_role_reads_and_writes_its_table(app_conn: Any) -> None:
         "ALTER TABLE items ADD COLUMN extra int",
         "TRUNCATE items",
         "CREATE INDEX ON items (name)",
-        "CREATE TEMPORARY TABLE scratch (x int)",  # would pin RDS Proxy sessions
+        pytest.param(  # would pin RDS Proxy sessions; the attempt reaches the log
+            "CREATE TEMPORARY TABLE scratch (x int)",
+            marks=pytest.mark.pins("tries CREATE TEMPORARY TABLE, which is refused"),
+        ),
         "CREATE VIEW everything AS SELECT * FROM items",
         "CREATE SCHEMA elsewhere",
         "CREATE ROLE someone",
@@ -206,10 +210,11 @@ def test_bad_properties_fail_with_the_property_named(
 
 
 def test_the_local_password_never_reaches_the_server_in_clear(
-    run: Run, app_db: AppDb, app_role: AppRole
+    run: Run, app_db: AppDb, app_role: AppRole, pinlog: PinLog
 ) -> None:
-    app_db.pg.execute(f"ALTER ROLE \"{app_db.role}\" SET log_statement = 'all'")
-    assert run("schema-create.json")["Status"] == "SUCCESS"
-    log = app_db.pg.log_path.read_text(errors="replace")
-    assert f'ALTER ROLE "{app_role.name}" PASSWORD \'SCRAM-SHA-256$' in log
-    assert app_role.password not in log
+    with pinlog.capture() as block:  # the suite's server logs every statement
+        assert run("schema-create.json")["Status"] == "SUCCESS"
+    sent = "\n".join(block.statements(app_db.role))
+    assert f'ALTER ROLE "{app_role.name}" PASSWORD \'SCRAM-SHA-256$' in sent
+    assert app_role.password not in sent
+    assert app_role.password not in app_db.pg.statement_log_path.read_text(errors="replace")
