@@ -1,7 +1,7 @@
 """``python -m bench``: run every benchmark and rewrite BENCHMARKS.md.
 
-Sections (``--only`` takes these names): imports, credentials, warm, watchdog, recovery,
-burst, load. ``--quick`` shrinks every size for a smoke run (its figures are not the
+Sections (``--only`` takes these names): imports, credentials, warm, invocation, watchdog,
+recovery, burst, load. ``--quick`` shrinks every size for a smoke run (its figures are not the
 ones to publish).
 """
 
@@ -20,7 +20,16 @@ from typing import Any
 
 from lambda_db_lab.localpg import LocalPostgres
 
-SECTIONS = ("imports", "credentials", "warm", "watchdog", "recovery", "burst", "load")
+SECTIONS = (
+    "imports",
+    "credentials",
+    "warm",
+    "invocation",
+    "watchdog",
+    "recovery",
+    "burst",
+    "load",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +93,11 @@ def _run_server_sections(
         _say("warm path")
         results["warm_path"] = warm_path(dict(app_db), kwargs, rounds=rounds)
         results["no_round_trip"] = no_round_trip()
+    if "invocation" in only:
+        from bench.invocation import run as invocation
+
+        _say("a warm invocation: statements, latency through +1 ms, CPU")
+        results["invocation"] = invocation(pg, kwargs, quick=quick)
     if "watchdog" in only:
         from bench.core import watchdog_overhead
 

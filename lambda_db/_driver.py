@@ -21,6 +21,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Protocol
 
 __all__ = [
+    "CLOSED",
+    "CONFIGURED",
     "INERROR",
     "INTRANS",
     "ACTIVE",
@@ -32,6 +34,11 @@ __all__ = [
 ]
 
 # libpq's PGTransactionStatusType, which psycopg2 and psycopg 3 both report as is.
+#: Not libpq's: :meth:`Driver.state` of a closed or broken connection.
+CLOSED = -1
+#: Not libpq's: :meth:`Driver.state` of an idle connection whose autocommit or transaction
+#: characteristics are not the defaults (a scope with options, or a caller, set them).
+CONFIGURED = 5
 IDLE = 0
 ACTIVE = 1
 INTRANS = 2
@@ -74,6 +81,12 @@ class Driver(Protocol):
         """libpq's transaction status (:data:`IDLE`, :data:`INTRANS`, ...); local, no round trip."""
         ...
 
+    def state(self, conn: Any) -> int:
+        """The warm path's one question, in one call: :data:`CLOSED`; :data:`CONFIGURED` for
+        an idle connection not at the defaults (autocommit off, the server's transaction
+        characteristics); else :meth:`status`. :data:`IDLE` means ready to hand out as is."""
+        ...
+
     def fileno(self, conn: Any) -> int:
         """The connection's socket descriptor."""
         ...
@@ -93,6 +106,11 @@ class Driver(Protocol):
     ) -> bool:
         """Set the next transaction's characteristics locally (sent with ``BEGIN``, never as
         ``SET``); ``None`` means the server's default. True when anything changed."""
+        ...
+
+    def prepare_default(self, conn: Any) -> bool:
+        """:meth:`prepare` with every option at its default: the warm path's common case
+        (a transaction, the server's characteristics), checked as cheaply as possible."""
         ...
 
     def set_local_statement_timeout(self, conn: Any, milliseconds: int) -> None:

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from lambda_db._classify import brief, disconnected
 from lambda_db._deadline import Deadline, remaining_seconds
-from lambda_db._driver import INERROR, Driver
-from lambda_db._watchdog import WATCHDOG, Alarm
+from lambda_db._driver import CLOSED, INERROR, Driver
+from lambda_db._socket import Transport
+from lambda_db._watchdog import WATCHDOG
+from lambda_db.config import DEFAULT_DEADLINE_MARGIN
 from lambda_db.errors import (
     ConfigurationError,
     ConnectionLostError,
@@ -55,16 +57,32 @@ class LambdaContext(Protocol):
     def get_remaining_time_in_millis(self) -> int: ...
 
 
+#: PostgreSQL's isolation levels (``isolation_level=``, any case).
+ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+
+
 def check_options(
     autocommit: bool, isolation_level: str | None, readonly: bool | None, deferrable: bool | None
 ) -> None:
-    """Refuse option combinations that cannot be honoured without ``SET``.
+    """Refuse what cannot be honoured: an unknown isolation level, or options that would
+    need ``SET`` (which pins RDS Proxy).
 
     >>> check_options(True, None, None, None)
     >>> check_options(True, "SERIALIZABLE", None, None)
     Traceback (most recent call last):
     lambda_db.errors.ConfigurationError: autocommit=True runs no transaction, ...
+    >>> check_options(False, "SERIALISABLE", None, None)
+    Traceback (most recent call last):
+    lambda_db.errors.ConfigurationError: isolation_level must be one of ...
     """
+    if isolation_level is not None and (
+        not isinstance(isolation_level, str) or isolation_level.upper() not in ISOLATION_LEVELS
+    ):
+        raise ConfigurationError(
+            f"isolation_level must be one of {', '.join(ISOLATION_LEVELS)}, got "
+            f"{isolation_level!r}",
+            variable="isolation_level",
+        )
     if autocommit and (isolation_level, readonly, deferrable) != (None, None, None):
         raise ConfigurationError(
             "autocommit=True runs no transaction, so isolation_level, readonly and "
@@ -82,22 +100,25 @@ class Invocation:
     ``deferrable`` apply to this invocation's transaction only (psycopg2 sends them with
     ``BEGIN``; never as ``SET``, which would pin RDS Proxy), so they cannot be combined with
     ``autocommit``.
+
+    The warm path (a healthy cached connection) is written for cost: the invocation
+    allocates nothing but itself, and a :class:`~lambda_db._deadline.Deadline` is built
+    only when something needs its arithmetic (a reconnect, a ping, an error message).
     """
 
     __slots__ = (
-        "_alarm",
         "_context",
+        "_cutoff",
         "_db",
         "_deadline",
         "_driver",
+        "_ended",
+        "_options",
         "_prepared",
         "_remaining",
         "_started",
-        "autocommit",
+        "_transport",
         "conn",
-        "deferrable",
-        "isolation_level",
-        "readonly",
     )
 
     def __init__(
@@ -110,36 +131,47 @@ class Invocation:
         readonly: bool | None = None,
         deferrable: bool | None = None,
     ) -> None:
-        if autocommit:
+        options = None
+        if autocommit or isolation_level or readonly is not None or deferrable is not None:
             check_options(autocommit, isolation_level, readonly, deferrable)
+            options = (autocommit, isolation_level, readonly, deferrable)
         self._db = db
         self._context = context
-        self.autocommit = autocommit
-        self.isolation_level = isolation_level
-        self.readonly = readonly
-        self.deferrable = deferrable
+        #: ``(autocommit, isolation_level, readonly, deferrable)``, or ``None``: defaults.
+        self._options = options
         #: The checked-out connection (``None`` until the handler first uses it).
         self.conn: Any = None
-        self._alarm: Alarm | None = None
+        self._transport: Transport | None = None
         self._driver: Driver | None = None
         self._deadline: Deadline | None = None
+        self._cutoff: float | None = None
+        self._remaining: float | None = None
         self._prepared = False
         self._started = 0.0
-        self._remaining: float | None = None
+        self._ended = False
+
+    @property
+    def autocommit(self) -> bool:
+        """True when this invocation runs its statements without a transaction."""
+        return self._options is not None and self._options[0]
 
     # -- entering and leaving ------------------------------------------------------------
 
     def __enter__(self) -> Invocation:
         db = self._db
         with db._lock:
+            if self._ended:
+                raise LambdaDbError(
+                    "an invocation scope is used once: make a new one for each invocation "
+                    "(db.invocation(context))"
+                )
             if db._scope is not None:
                 raise LambdaDbError(
                     "Database.invocation() is not re-entrant: this Database already has an "
                     "invocation in progress (stack with_connection once per Database)"
                 )
-            self._remaining = remaining_seconds(self._context)
-            self._started = db._clock()
             db._scope = self
+        self._started = db._clock()
         db.stats.invocations += 1
         return self
 
@@ -150,13 +182,17 @@ class Invocation:
         tb: TracebackType | None,
     ) -> None:
         db = self._db
+        with db._lock:  # a checkout in another thread finishes first, and is ended here
+            self._ended = True
+            conn = self.conn
         try:
-            if self.conn is not None:
+            if conn is not None:
                 self._end(exc)
         finally:
-            db._scope = None
-            if self.conn is not None:
-                db._last_used = db._clock()
+            with db._lock:
+                db._scope = None
+                if conn is not None:
+                    db._last_used = db._clock()
 
     # -- the connection -----------------------------------------------------------------
 
@@ -166,6 +202,8 @@ class Invocation:
         deadline = self._deadline
         if deadline is None:
             db = self._db
+            if self._remaining is None:
+                self._remaining = remaining_seconds(self._context)
             deadline = self._deadline = Deadline.start(
                 db.settings, remaining=self._remaining, clock=db._clock, started=self._started
             )
@@ -182,57 +220,93 @@ class Invocation:
         with db._lock:
             if self.conn is not None:
                 return self.conn
-            deadline = self.deadline
-            cutoff = deadline.cutoff
-            if cutoff is not None and db._clock() >= cutoff:
-                raise DatabaseUnavailableError(
-                    "no time left to use the database: the invocation's deadline "
-                    f"(DB_DEADLINE_MARGIN/2 = {deadline.margin / 2:.3f} s before the "
-                    "function's timeout) has passed",
-                    budget=0.0,
+            if self._ended or db._scope is not self:
+                raise LambdaDbError(
+                    "the invocation's connection was asked for after the invocation ended (a "
+                    "thread the handler started, or a scope kept past its invocation): "
+                    "finish database work before the handler returns"
                 )
-            conn = db.acquire(deadline, fresh=True)
-            driver = self._driver = db.driver
-            self._prepared = driver.prepare(
-                conn,
-                autocommit=self.autocommit,
-                isolation_level=self.isolation_level,
-                readonly=self.readonly,
-                deferrable=self.deferrable,
-            )
+            clock = db._clock
+            now = clock()
+            settings = db._settings or db.settings
+            context = self._context
+            cutoff = None
+            if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+                # The time left now: the same Lambda deadline as at the invocation's start.
+                left = context.get_remaining_time_in_millis() / 1000.0
+                remaining = self._remaining = left + (now - self._started)
+                margin = settings.deadline_margin
+                if margin is None:  # Settings.margin_for, inline: this is the warm path
+                    margin = min(DEFAULT_DEADLINE_MARGIN, remaining * 0.25)
+                cutoff = self._cutoff = now + left - margin / 2
+                if now >= cutoff:
+                    raise DatabaseUnavailableError(
+                        "no time left to use the database: the invocation's deadline "
+                        f"(DB_DEADLINE_MARGIN/2 = {margin / 2:.3f} s before the function's "
+                        "timeout) has passed",
+                        budget=cutoff - self._started,
+                    )
+            options = self._options
+            conn = db._conn
+            if conn is not None and options is None and db.healthy(conn, now):
+                db.stats.reuses += 1  # the warm path: nothing to check, nothing to set
+            else:
+                conn = db.acquire(self.deadline, fresh=True)  # the full checks, or a new one
+                self._prepared = self._prepare(conn)
+            driver = self._driver = db._driver
             if cutoff is not None:
-                transport = db._transport
+                transport = self._transport = db._transport
                 assert transport is not None  # set together with the connection
-                clock = db._clock
-                at = cutoff if clock is time.monotonic else time.monotonic() + (cutoff - clock())
-                self._alarm = WATCHDOG.arm(transport, at)
+                WATCHDOG.arm(
+                    transport,
+                    cutoff if clock is time.monotonic else time.monotonic() + (cutoff - now),
+                )
             self.conn = conn
             db.stats.checkouts += 1
-            if db.settings.local_statement_timeout and cutoff is not None and not self.autocommit:
+            if cutoff is not None and settings.local_statement_timeout and not self.autocommit:
                 # Opt-in, for direct connections: SET LOCAL pins RDS Proxy.
-                driver.set_local_statement_timeout(conn, max(1, int(deadline.left() * 1000)))
+                assert driver is not None
+                driver.set_local_statement_timeout(conn, max(1, int(self.deadline.left() * 1000)))
             return conn
+
+    def _prepare(self, conn: Any) -> bool:
+        """Set this invocation's autocommit and characteristics (locally); True if changed."""
+        driver = self._db.driver
+        options = self._options
+        if options is None:
+            return driver.prepare_default(conn)
+        autocommit, isolation_level, readonly, deferrable = options
+        return driver.prepare(
+            conn,
+            autocommit=autocommit,
+            isolation_level=isolation_level,
+            readonly=readonly,
+            deferrable=deferrable,
+        )
 
     # -- the end of the invocation ----------------------------------------------------------
 
+    def _was_cut(self) -> bool:
+        transport = self._transport
+        return transport is not None and transport.was_cut
+
     def _end(self, exc: BaseException | None) -> None:
-        db, conn, alarm = self._db, self.conn, self._alarm
-        driver = self._driver
+        db, conn, driver, transport = self._db, self.conn, self._driver, self._transport
         assert driver is not None  # set at checkout, with conn
         try:
-            if alarm is not None and alarm.fired:
-                raise self._cut(during="a statement") from exc
+            if transport is not None and transport.was_cut:
+                waiting = exc is not None and disconnected(driver.error_info(exc))
+                raise self._cut(waiting=waiting) from exc
             if exc is not None:
                 if driver.closed(conn) or disconnected(driver.error_info(exc)):
                     raise self._lost(exc, during="the invocation") from exc
                 self._rollback(conn)
                 return
-            cutoff = self._deadline.cutoff if self._deadline is not None else None
+            cutoff = self._cutoff
             if cutoff is not None and db._clock() >= cutoff:
-                raise self._cut(during="the end: the handler returned after the deadline")
-            if driver.closed(conn):
-                raise self._lost(None, during="the invocation")
-            if driver.status(conn) == INERROR:
+                raise self._cut(waiting=False)
+            state = driver.state(conn)
+            if state == INERROR:
                 # The handler caught a database error and returned: nothing can commit.
                 logger.warning(
                     "the handler returned with its transaction aborted by an earlier error; "
@@ -240,36 +314,31 @@ class Invocation:
                 )
                 self._rollback(conn)
                 return
-            self._commit(conn)
+            if state == CLOSED:
+                raise self._lost(None, during="the invocation")
+            try:
+                conn.commit()  # DB-API: nothing is sent when no transaction is open
+            except Exception as error:
+                if self._was_cut():
+                    raise self._cut(waiting=True, during="COMMIT") from error
+                if driver.closed(conn) or disconnected(driver.error_info(error)):
+                    raise self._lost(error, during="COMMIT", outcome_unknown=True) from error
+                self._rollback(conn)
+                raise
+            db.stats.commits += 1
         finally:
-            if alarm is not None and WATCHDOG.disarm(alarm) and db._conn is conn:
+            if transport is not None and WATCHDOG.disarm(transport) and db._conn is conn:
                 # Cut at the cutoff just after the last round trip completed.
                 db.discard("the deadline passed as the invocation ended")
             elif self._prepared and db._conn is conn and not driver.closed(conn):
-                driver.prepare(
-                    conn, autocommit=False, isolation_level=None, readonly=None, deferrable=None
-                )
-
-    def _commit(self, conn: Any) -> None:
-        db = self._db
-        driver = db.driver
-        try:
-            driver.commit(conn)
-        except Exception as exc:
-            alarm = self._alarm
-            if alarm is not None and alarm.fired:
-                raise self._cut(during="COMMIT", outcome_unknown=True) from exc
-            if driver.closed(conn) or disconnected(driver.error_info(exc)):
-                raise self._lost(exc, during="COMMIT", outcome_unknown=True) from exc
-            self._rollback(conn)
-            raise
-        db.stats.commits += 1
+                driver.prepare_default(conn)
 
     def _rollback(self, conn: Any) -> None:
         db = self._db
-        db.stats.rollbacks += 1
+        if not self.autocommit:
+            db.stats.rollbacks += 1
         try:
-            db.driver.rollback(conn)
+            conn.rollback()  # DB-API: nothing is sent when no transaction is open
         except Exception as exc:  # noqa: BLE001 (whatever it was, the connection goes)
             # A connection we cannot roll back must not be handed out again.
             db.discard(f"rollback failed ({brief(exc)})")
@@ -289,24 +358,41 @@ class Invocation:
             outcome_unknown=outcome_unknown,
         )
 
-    def _cut(self, *, during: str, outcome_unknown: bool = False) -> DeadlineExceededError:
+    def _cut(self, *, waiting: bool, during: str = "a statement") -> DeadlineExceededError:
+        """The error for an invocation still running at its cutoff.
+
+        ``waiting``: a statement (or ``during``) was waiting for the server when the
+        watchdog cut the connection; otherwise the handler itself was still busy (or
+        returned after the cutoff) and the connection was dropped with its transaction.
+        """
         db = self._db
-        db.stats.connections_lost += 1
         db.stats.deadlines_exceeded += 1
         db.emit("DeadlinesExceeded")
-        db.discard(f"cut at the invocation's deadline during {during}")
+        if waiting:
+            db.stats.connections_lost += 1
+        db.discard(f"cut at the invocation's deadline ({during if waiting else 'not waiting'})")
         deadline = self.deadline
-        assert deadline.cutoff is not None  # only a Lambda deadline is ever cut
-        budget = deadline.cutoff - deadline.started
+        budget = (self._cutoff or deadline.connect_by) - deadline.started
+        where = f"DB_DEADLINE_MARGIN/2 = {deadline.margin / 2:.2f} s before the function's timeout"
+        commit = during == "COMMIT"
+        if waiting:
+            what = (
+                f"the database had not answered {during} {budget:.2f} s into the invocation, "
+                f"at its deadline ({where}): lambda-db cut the connection; "
+            )
+        else:
+            what = (
+                f"the invocation was still running {budget:.2f} s in, at its deadline "
+                f"({where}), with the database idle: lambda-db dropped the connection; "
+            )
         outcome = (
-            "the outcome of the COMMIT is unknown" if outcome_unknown else "nothing was committed"
+            "the outcome of the COMMIT is unknown"
+            if commit
+            else "the invocation's open transaction was not committed"
         )
         return DeadlineExceededError(
-            f"the database had not answered {budget:.2f} s into the invocation, at its "
-            f"deadline (DB_DEADLINE_MARGIN/2 = {deadline.margin / 2:.2f} s before the "
-            f"function's timeout): lambda-db cut the connection during {during}; {outcome}; "
-            "nothing is replayed and the next invocation gets a fresh connection",
-            outcome_unknown=outcome_unknown,
+            f"{what}{outcome}; nothing is replayed and the next invocation gets a fresh connection",
+            outcome_unknown=commit,
             deadline=budget,
         )
 

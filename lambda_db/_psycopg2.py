@@ -30,7 +30,7 @@ from typing import Any, Final
 import psycopg2
 import psycopg2.extensions as ext
 
-from lambda_db._driver import ErrorInfo
+from lambda_db._driver import CLOSED, CONFIGURED, IDLE, ErrorInfo
 
 __all__ = ["PSYCOPG2", "ConnectTimeout", "Psycopg2Driver"]
 
@@ -67,11 +67,30 @@ class Psycopg2Driver:
     def status(self, conn: ext.connection) -> int:
         return int(conn.get_transaction_status())
 
+    def state(self, conn: ext.connection) -> int:
+        if conn.closed:
+            return CLOSED
+        status = int(conn.get_transaction_status())
+        if status == IDLE and (
+            conn.autocommit
+            or conn.isolation_level is not None
+            or conn.readonly is not None
+            or conn.deferrable is not None
+        ):
+            return CONFIGURED
+        return status
+
     def fileno(self, conn: ext.connection) -> int:
         return int(conn.fileno())
 
     def ping(self, conn: ext.connection) -> None:
         autocommit = conn.autocommit
+        saved = (conn.isolation_level, conn.readonly, conn.deferrable)
+        custom = saved != (None, None, None)
+        if custom and not autocommit:
+            # Leaving autocommit with non-default characteristics makes psycopg2 send
+            # SET default_transaction_* TO DEFAULT: take them off first (sends nothing).
+            conn.set_session(_DEFAULT, _DEFAULT, _DEFAULT)
         conn.autocommit = True  # no transaction: nothing to roll back, nothing pinned
         try:
             with conn.cursor() as cur:
@@ -79,6 +98,13 @@ class Psycopg2Driver:
         finally:
             if not conn.closed:
                 conn.autocommit = autocommit
+                if custom and not autocommit:
+                    isolation_level, readonly, deferrable = saved
+                    conn.set_session(
+                        _DEFAULT if isolation_level is None else isolation_level,
+                        _DEFAULT if readonly is None else readonly,
+                        _DEFAULT if deferrable is None else deferrable,
+                    )
 
     def prepare(
         self,
@@ -116,6 +142,18 @@ class Psycopg2Driver:
             conn.autocommit = True
             changed = True
         return changed
+
+    def prepare_default(self, conn: ext.connection) -> bool:
+        if (
+            conn.autocommit
+            or conn.isolation_level is not None
+            or conn.readonly is not None
+            or conn.deferrable is not None
+        ):
+            return self.prepare(
+                conn, autocommit=False, isolation_level=None, readonly=None, deferrable=None
+            )
+        return False
 
     def set_local_statement_timeout(self, conn: ext.connection, milliseconds: int) -> None:
         with conn.cursor() as cur:

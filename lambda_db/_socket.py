@@ -41,9 +41,15 @@ _READ_EVENTS = select.POLLIN | select.POLLERR | select.POLLHUP
 class Transport:
     """A duplicate of a connection's socket descriptor."""
 
-    __slots__ = ("_poller", "_sock")
+    __slots__ = ("__weakref__", "_poller", "_sock", "cut_at", "was_cut", "watched")
 
     def __init__(self, fd: int) -> None:
+        #: The watchdog's alarm, carried here so that arming allocates nothing: when to cut
+        #: (``time.monotonic()``; ``None``: not armed), whether it did, and which watchdog
+        #: registered this transport (see :mod:`lambda_db._watchdog`).
+        self.cut_at: float | None = None
+        self.was_cut = False
+        self.watched: object = None
         # socket.socket(fileno=...) detects the family and leaves the descriptor's
         # blocking mode alone (libpq's socket is non-blocking; the flag is shared).
         self._sock = socket.socket(fileno=os.dup(fd))

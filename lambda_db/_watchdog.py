@@ -7,30 +7,33 @@ acknowledges and never answers. Kernel timers do not close the gap either:
 for its answer has nothing in flight; keepalives are acknowledged by a hung peer's kernel.
 Only the application knows its deadline.
 
-So during an invocation lambda-db *arms* this watchdog with the connection's
-:class:`~lambda_db._socket.Transport` and the invocation's cutoff. One daemon thread per
-process sleeps until the earliest armed cutoff; if that alarm is still armed then, it shuts
-the socket down. The statement blocked in libpq returns at once with an error, the
+So during an invocation lambda-db *arms* the connection's
+:class:`~lambda_db._socket.Transport` with the invocation's cutoff. One daemon thread per
+process sleeps until the earliest armed cutoff; if that transport is still armed then, it
+shuts the socket down. The statement blocked in libpq returns at once with an error, the
 invocation raises :class:`~lambda_db.errors.DeadlineExceededError`, and the function still
 answers before Lambda's timeout. No wait callback is involved, so ``COPY``, large objects and
 statements from several threads work as usual.
 
-Cost on the warm path: :meth:`Watchdog.arm` and :meth:`Watchdog.disarm` take a lock and
-touch a list. The thread is woken only when a new alarm is due *before* the time it already
-sleeps until; consecutive invocations arm later and later cutoffs, so the thread wakes about
-once per function timeout, not once per invocation. Between invocations nothing is armed:
-a frozen environment has nothing to fire.
+Cost on the warm path: :meth:`Watchdog.arm` and :meth:`Watchdog.disarm` each take a lock and
+set two attributes of the transport (no allocation: the transport carries its own alarm).
+The thread is woken only when a new cutoff is due *before* the time it already sleeps
+until, and with nothing armed it sleeps until the latest cutoff it has seen rather than
+until notified. Consecutive invocations arm later and later cutoffs, so the thread wakes
+about once per function timeout, not once per invocation. Between invocations nothing is
+armed: a frozen environment has nothing to fire (its thread, frozen too, wakes on thaw,
+finds nothing due and sleeps again).
 
 Example::
 
     >>> import socket, time
     >>> a, b = socket.socketpair()
     >>> from lambda_db._socket import Transport
-    >>> dog = Watchdog()
-    >>> alarm = dog.arm(Transport(a.fileno()), time.monotonic() + 0.05)
+    >>> dog, transport = Watchdog(), Transport(a.fileno())
+    >>> dog.arm(transport, time.monotonic() + 0.05)
     >>> a.recv(1)                        # blocks until the watchdog shuts the socket down
     b''
-    >>> dog.disarm(alarm)                # True: it fired
+    >>> dog.disarm(transport)            # True: it fired
     True
 """
 
@@ -39,56 +42,53 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 
 from lambda_db._socket import Transport
 
-__all__ = ["WATCHDOG", "Alarm", "Watchdog"]
-
-
-class Alarm:
-    """One armed deadline: the transport to cut and when (``time.monotonic()`` seconds)."""
-
-    __slots__ = ("at", "fired", "transport")
-
-    def __init__(self, transport: Transport, at: float) -> None:
-        self.transport = transport
-        self.at = at
-        self.fired = False
+__all__ = ["WATCHDOG", "Watchdog"]
 
 
 class Watchdog:
-    """Cuts the transports of alarms that are still armed when their time comes."""
+    """Cuts the transports that are still armed when their cutoff comes."""
 
     def __init__(self) -> None:
         # The lock is taken directly on the warm path (cheaper than the Condition's
         # __enter__); the Condition shares it for the thread's waits.
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._alarms: list[Alarm] = []
+        #: Transports armed at least once and still open (the thread scans these).
+        self._transports: weakref.WeakSet[Transport] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
         #: When the thread will wake up by itself (``None``: not until notified).
         self._wakes_at: float | None = None
+        #: The latest cutoff ever armed.
+        self._latest = 0.0
+        #: Marks the transports registered with this incarnation (a fork makes a new one).
+        self._token = object()
 
-    def arm(self, transport: Transport, at: float) -> Alarm:
+    def arm(self, transport: Transport, at: float) -> None:
         """Cut ``transport`` at ``at`` (``time.monotonic()``) unless disarmed before."""
-        alarm = Alarm(transport, at)
         with self._lock:
-            self._alarms.append(alarm)
+            transport.cut_at = at
+            transport.was_cut = False
+            if at > self._latest:
+                self._latest = at
             wakes_at = self._wakes_at
             if wakes_at is None or at < wakes_at:
                 if self._thread is None:
                     self._start()
                 else:
                     self._cond.notify()
-        return alarm
+            if transport.watched is not self._token:
+                transport.watched = self._token
+                self._transports.add(transport)
 
-    def disarm(self, alarm: Alarm) -> bool:
-        """Stop ``alarm``; True when it had already fired (the transport was cut)."""
+    def disarm(self, transport: Transport) -> bool:
+        """Stop the alarm; True when it had already fired (the transport was cut)."""
         with self._lock:
-            if alarm.fired:
-                return True
-            self._alarms.remove(alarm)  # armed and not fired: it is in the list
-            return False
+            transport.cut_at = None
+            return transport.was_cut
 
     def _start(self) -> None:
         thread = threading.Thread(target=self._run, name="lambda-db-watchdog", daemon=True)
@@ -99,25 +99,34 @@ class Watchdog:
         with self._cond:
             while True:
                 now = time.monotonic()
-                due = [a for a in self._alarms if a.at <= now]
-                for alarm in due:
-                    alarm.fired = True
-                    self._alarms.remove(alarm)
-                    alarm.transport.shutdown()
-                if self._alarms:
-                    self._wakes_at = min(a.at for a in self._alarms)
-                    self._cond.wait(self._wakes_at - now)
-                else:
-                    self._wakes_at = None
-                    self._cond.wait()
+                earliest: float | None = None
+                for transport in list(self._transports):
+                    at = transport.cut_at
+                    if at is None:
+                        continue
+                    if at <= now:
+                        transport.cut_at = None
+                        transport.was_cut = True
+                        transport.shutdown()
+                    elif earliest is None or at < earliest:
+                        earliest = at
+                if earliest is None and self._latest > now:
+                    # Nothing armed, but the invocations that come next arm cutoffs at or
+                    # after the latest one seen: sleeping until then, rather than until
+                    # notified, spares every one of them a notify and a context switch.
+                    earliest = self._latest
+                self._wakes_at = earliest
+                self._cond.wait(None if earliest is None else earliest - now)
 
     def _after_fork(self) -> None:
         """In a forked child the thread does not exist: start afresh."""
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._alarms = []
+        self._transports = weakref.WeakSet()
         self._thread = None
         self._wakes_at = None
+        self._latest = 0.0
+        self._token = object()
 
 
 #: The process's watchdog (one thread, started at the first alarm).

@@ -30,13 +30,10 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg2.extensions
-
-from lambda_db import _powertools, _snapstart
+from lambda_db import _lifecycle, _powertools
 from lambda_db._backoff import Backoff
 from lambda_db._classify import brief, disconnected
 from lambda_db._connect import connect_with_retry
@@ -53,11 +50,19 @@ __all__ = ["Database", "LambdaContext", "Stats"]
 
 logger = logging.getLogger(__name__)
 
-Connection = psycopg2.extensions.connection
+if TYPE_CHECKING:
+    import psycopg2.extensions
+
+    #: What ``get_connection()`` returns with the default driver (psycopg2).
+    Connection = psycopg2.extensions.connection
+else:
+    Connection = Any
 
 #: Set by the Lambda runtime for each invocation (``Lambda-Runtime-Trace-Id``): outside a
 #: scope, a new value means a new invocation.
 TRACE_ID = "_X_AMZN_TRACE_ID"
+#: Set by the Lambda runtime in every function.
+FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
 
 class Database:
@@ -97,12 +102,12 @@ class Database:
         self._opened_at = 0.0
         self._last_used = 0.0
         self._marker: str | None = None
+        self._warned_no_trace = False
         #: The invocation scope in progress (set and cleared by :class:`Invocation`).
         self._scope: Invocation | None = None
         self._lock = threading.RLock()
         self.stats = Stats()
-        _INSTANCES.add(self)
-        _snapstart.register_hooks(_before_snapshot, _after_restore)
+        _lifecycle.register(self)
         _powertools.warn_if_hidden()  # once per process: a filter would drop our records
 
     def __repr__(self) -> str:
@@ -182,15 +187,40 @@ class Database:
         scope = self._scope
         if scope is not None:
             conn = scope.conn
-            return conn if conn is not None else scope.connection  # type: ignore[no-any-return]
+            return conn if conn is not None else scope._checkout()  # type: ignore[no-any-return]
         with self._lock:
             marker = os.environ.get(TRACE_ID)
+            if marker is None and not self._warned_no_trace and os.environ.get(FUNCTION_NAME):
+                self._warned_no_trace = True
+                logger.warning(
+                    "running in Lambda without %s: outside @with_connection, get_connection() "
+                    "cannot tell invocations apart, so a transaction an invocation left open "
+                    "is not rolled back by the next one; use @with_connection",
+                    TRACE_ID,
+                )
             fresh = marker != self._marker
             self._marker = marker
             deadline = Deadline.start(self.settings, remaining=None, clock=self._clock)
             conn = self.acquire(deadline, fresh=fresh)
             self._last_used = self._clock()
             return conn  # type: ignore[no-any-return]
+
+    def healthy(self, conn: Any, now: float) -> bool:
+        """The warm path's checks, all local or a zero-wait poll: True when ``conn`` can be
+        handed to a new invocation as is. False sends the caller to :meth:`acquire`, which
+        looks again and decides (a leftover rollback, a ping, a replacement)."""
+        settings = self._settings
+        driver = self._driver
+        transport = self._transport
+        return (
+            driver is not None
+            and settings is not None
+            and transport is not None
+            and driver.state(conn) == IDLE  # open, no transaction, the defaults
+            and not (settings.max_age and now - self._opened_at >= settings.max_age)
+            and now - self._last_used < settings.idle_ping_after
+            and not transport.readable()
+        )
 
     def acquire(self, deadline: Deadline, *, fresh: bool) -> Any:
         """The checked connection, or a new one within ``deadline`` (for the scope).
@@ -211,7 +241,9 @@ class Database:
 
     def _check(self, conn: Any, deadline: Deadline, *, fresh: bool) -> str | None:
         """Why ``conn`` must be replaced, or ``None`` when it is fit to hand out."""
-        driver = self.driver
+        driver = self._driver
+        settings = self._settings
+        assert driver is not None and settings is not None  # both resolved before connecting
         if driver.closed(conn):
             return "closed"
         status = driver.status(conn)
@@ -232,7 +264,6 @@ class Database:
             if failed is not None:
                 return f"{failed}: the server rolls it back when the connection closes"
         now = self._clock()
-        settings = self.settings
         if settings.max_age and now - self._opened_at >= settings.max_age:
             return f"older than max_age ({settings.max_age:g} s)"
         transport = self._transport
@@ -271,17 +302,18 @@ class Database:
         wait = min(self.settings.connect_timeout, deadline.left())
         if wait <= 0:
             return None if no_time is None else f"{why} skipped ({no_time})"
-        assert self._transport is not None  # set together with the connection
-        alarm = WATCHDOG.arm(self._transport, time.monotonic() + wait)
+        transport = self._transport
+        assert transport is not None  # set together with the connection
+        WATCHDOG.arm(transport, time.monotonic() + wait)
         try:
             action(conn)
         except Exception as exc:
-            fired = WATCHDOG.disarm(alarm)
+            fired = WATCHDOG.disarm(transport)
             if fired or self.driver.closed(conn) or disconnected(self.driver.error_info(exc)):
                 cause = f"no answer in {wait:.2f} s" if fired else brief(exc)
                 return f"{why} failed ({cause})"
             raise
-        if WATCHDOG.disarm(alarm):
+        if WATCHDOG.disarm(transport):
             return f"{why} cut at the deadline"
         return None
 
@@ -345,6 +377,20 @@ class Database:
         if transport is not None:
             transport.close()
 
+    def reseed(self) -> None:
+        """Draw a fresh seed for the backoff's jitter (after a SnapStart restore)."""
+        self._backoff.reseed()
+
+    def forget_inherited(self) -> Any:
+        """In a forked child: drop the parent's connection without closing it (returned, to
+        be kept alive) and release this process's duplicate of its socket."""
+        self._lock = threading.RLock()
+        conn, self._conn, self._scope = self._conn, None, None
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        return conn
+
     def invalidate_credentials(self) -> None:
         """Forget cached secrets and tokens (after a SnapStart restore)."""
         if self._provider is not None:
@@ -357,20 +403,3 @@ class Database:
     def _emit(self, name: str, value: float = 1) -> None:
         if self._metrics is not None:
             self._metrics.add_metric(name=name, unit="Count", value=value)
-
-
-_INSTANCES: weakref.WeakSet[Database] = weakref.WeakSet()
-
-
-def _before_snapshot() -> None:
-    """SnapStart: no connection may be frozen into the snapshot."""
-    for db in list(_INSTANCES):
-        db.close()
-
-
-def _after_restore() -> None:
-    """SnapStart: restored copies must share no token, cached secret or random state."""
-    for db in list(_INSTANCES):
-        db.close()
-        db.invalidate_credentials()
-        db._backoff.reseed()  # identical jitter in every copy would retry in lockstep

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from lambda_db._classify import conflict
-from lambda_db._invocation import check_options
+from lambda_db._invocation import Invocation, check_options
 from lambda_db.database import Connection, Database
 from lambda_db.errors import ConfigurationError
 
@@ -138,7 +138,9 @@ def with_connection(
       ``COMMIT``, its transaction is rolled back and the *whole handler* runs again, up to
       ``N`` more times, after a jittered backoff, while the connect deadline leaves time.
       Single statements are never replayed. Side effects outside the database (an HTTP
-      call, a message sent) repeat with the handler unless it is idempotent. The error must
+      call, a message sent) repeat with the handler unless it is idempotent, and so would a
+      transaction the handler committed itself (``conn.commit()``) before the conflict:
+      leave committing to the scope. Refused with ``autocommit=True``. The error must
       propagate out of the handler (as itself or as the cause of what it raises).
 
     Every database wait ends before the function's timeout (``context``'s time left minus
@@ -153,6 +155,12 @@ def with_connection(
             ...
     """
     check_options(autocommit, isolation_level, readonly, deferrable)  # at decoration time
+    if autocommit and retry_serialization_failures:
+        raise ConfigurationError(
+            "retry_serialization_failures re-runs the whole handler, but with autocommit=True "
+            "its earlier statements have already committed and would run twice",
+            variable="retry_serialization_failures",
+        )
     if isinstance(retry_serialization_failures, bool) or not (
         isinstance(retry_serialization_failures, int) and retry_serialization_failures >= 0
     ):
@@ -165,10 +173,11 @@ def with_connection(
     def decorate(func: Handler) -> Handler:
         @functools.wraps(func)
         def wrapper(event: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
-            db = database if database is not None else default_database()
+            db = database or default_database()
             retries = 0
             while True:
-                scope = db.invocation(
+                scope = Invocation(
+                    db,
                     context,
                     autocommit=autocommit,
                     isolation_level=isolation_level,

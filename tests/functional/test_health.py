@@ -248,3 +248,20 @@ def test_no_budget_left_skips_the_ping_and_keeps_the_connection(
     assert db.acquire(spent, fresh=True) is conn  # no time to ping: not thrown away
     assert (db.stats.pings, db.stats.health_check_failures) == (0, 0)
     db.close()
+
+
+def test_lambda_without_a_trace_id_is_warned_about_once(
+    app_db: AppDb, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """awslambdaric deletes the trace id when the runtime sends none: outside a scope the
+    boundary then cannot be seen, and lambda-db says so (once)."""
+    monkeypatch.delenv(TRACE_ID, raising=False)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "orders")
+    db = Database(app_db.settings)
+    with caplog.at_level(logging.WARNING, logger="lambda_db"):
+        db.get_connection()
+        db.get_connection()
+    warnings = [r for r in caplog.records if TRACE_ID in r.getMessage()]
+    assert len(warnings) == 1
+    assert "use @with_connection" in warnings[0].getMessage()
+    db.close()

@@ -148,3 +148,121 @@ def test_a_handler_that_closes_the_connection_gets_a_typed_error_and_no_leak(
         handler({}, LambdaContext())
     wait_for(lambda: env_db.backends() == [], "the closed session to end")
     assert lambda_db.default_database()._transport is None  # the socket's duplicate released
+
+
+def test_a_thread_that_asks_after_the_invocation_ended_is_refused(env_db: AppDb) -> None:
+    """A fire-and-forget thread must not check out (and arm) a connection no scope ends."""
+    import threading
+
+    started = threading.Event()
+    result: list[BaseException | None] = []
+
+    def late() -> None:
+        started.wait(5)
+        try:
+            lambda_db.get_connection()
+            result.append(None)
+        except lambda_db.LambdaDbError as exc:
+            result.append(exc)
+
+    db = lambda_db.default_database()
+    scope_seen: list[Any] = []
+
+    @with_connection
+    def handler(event: object, context: object) -> None:
+        scope_seen.append(db.current)
+        threading.Thread(target=late).start()
+
+    handler({}, LambdaContext())
+    # The thread asks the scope it saw (kept past its invocation).
+    with pytest.raises(lambda_db.LambdaDbError, match="after the invocation ended"):
+        scope_seen[0].connection  # noqa: B018 (the access is the point)
+    started.set()
+    wait_for(lambda: bool(result), "the late thread")
+    assert result[0] is None  # outside any scope now: a plain get_connection()
+    assert db._transport is None or db._transport.cut_at is None  # nothing left armed
+
+
+def test_a_ping_sends_no_set_after_a_handler_changed_characteristics(
+    env_db: AppDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler may set conn.readonly itself (it travels with BEGIN); the idle ping that
+    toggles autocommit must not make psycopg2 send SET default_transaction_read_only."""
+    monkeypatch.setenv("DB_IDLE_PING_AFTER", "0")
+    lambda_db.reset()
+
+    @with_connection(inject="conn")
+    def handler(event: object, context: object, conn: Any) -> None:
+        conn.readonly = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+
+    handler({}, LambdaContext())
+    handler({}, LambdaContext())  # pings first: the pin recorder fails the test on a SET
+    assert lambda_db.default_database().stats.pings >= 1
+
+
+def test_the_isolation_level_is_checked_when_decorating() -> None:
+    with pytest.raises(lambda_db.ConfigurationError) as info:
+        with_connection(isolation_level="SERIALISABLE")
+    assert info.value.variable == "isolation_level"
+
+
+def test_conflict_retries_are_refused_with_autocommit() -> None:
+    with pytest.raises(lambda_db.ConfigurationError) as info:
+        with_connection(autocommit=True, retry_serialization_failures=2)
+    assert info.value.variable == "retry_serialization_failures"
+
+
+def test_a_scope_is_used_once(app_db: AppDb) -> None:
+    db = Database(app_db.settings)
+    scope = db.invocation(LambdaContext())
+    with scope:
+        pass
+    with pytest.raises(lambda_db.LambdaDbError, match="used once"), scope:
+        pass
+    db.close()
+
+
+def test_a_handler_busy_past_the_deadline_is_told_so(env_db: AppDb) -> None:
+    import time
+
+    @with_connection
+    def handler(event: object, context: object) -> None:
+        with lambda_db.get_connection().cursor() as cur:
+            cur.execute("INSERT INTO items VALUES ('busy')")
+        time.sleep(1.3)  # the handler's own work, past the cutoff (0.875 s for 1 s)
+
+    with pytest.raises(lambda_db.DeadlineExceededError) as info:
+        handler({}, LambdaContext(timeout=1.0))
+    message = str(info.value)
+    assert "still running" in message and "database idle" in message
+    assert "open transaction was not committed" in message
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+    stats = lambda_db.default_database().stats
+    assert (stats.deadlines_exceeded, stats.connections_lost) == (1, 0)
+
+
+def test_a_forked_child_leaves_its_parents_session_alone(env_db: AppDb) -> None:
+    import os
+
+    @with_connection
+    def handler(event: object, context: object) -> int:
+        with lambda_db.get_connection().cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            row = cur.fetchone()
+            assert row is not None
+            return int(row[0])
+
+    parent_pid = handler({}, LambdaContext())
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports by its exit status
+        try:
+            code = 0 if handler({}, LambdaContext()) != parent_pid else 10
+        except BaseException:
+            code = 20
+        os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0  # its own session, not the parent's
+    assert handler({}, LambdaContext()) == parent_pid  # the parent's session survived
+    assert lambda_db.default_database().stats.connects == 1

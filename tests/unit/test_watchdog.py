@@ -31,10 +31,10 @@ def test_a_blocked_read_returns_at_the_alarm(
     ours, _, transport = pair
     dog = Watchdog()
     started = time.monotonic()
-    alarm = dog.arm(transport, started + 0.2)
+    dog.arm(transport, started + 0.2)
     assert ours.recv(1) == b""  # a hung peer: nothing would ever come
     assert 0.15 < time.monotonic() - started < 2.0
-    assert dog.disarm(alarm) is True
+    assert dog.disarm(transport) is True
 
 
 def test_disarmed_in_time_cuts_nothing(
@@ -42,8 +42,8 @@ def test_disarmed_in_time_cuts_nothing(
 ) -> None:
     ours, peer, transport = pair
     dog = Watchdog()
-    alarm = dog.arm(transport, time.monotonic() + 0.1)
-    assert dog.disarm(alarm) is False
+    dog.arm(transport, time.monotonic() + 0.1)
+    assert dog.disarm(transport) is False
     time.sleep(0.3)  # past the alarm's time
     peer.sendall(b"x")
     assert ours.recv(1) == b"x"  # still connected
@@ -55,14 +55,16 @@ def test_an_earlier_alarm_wakes_a_thread_sleeping_until_a_later_one(
     ours, _, transport = pair
     other, other_peer = socket.socketpair()
     dog = Watchdog()
-    late = dog.arm(Transport(other.fileno()), time.monotonic() + 3600)
+    late = Transport(other.fileno())
+    dog.arm(late, time.monotonic() + 3600)
     time.sleep(0.05)  # the thread now sleeps for an hour
     started = time.monotonic()
-    early = dog.arm(transport, started + 0.1)
+    dog.arm(transport, started + 0.1)
     assert ours.recv(1) == b""
     assert time.monotonic() - started < 2.0
-    assert dog.disarm(early) is True
+    assert dog.disarm(transport) is True
     assert dog.disarm(late) is False
+    late.close()
     other.close()
     other_peer.close()
 
@@ -73,24 +75,30 @@ def test_later_alarms_do_not_wake_the_thread(
     """Consecutive invocations arm later and later cutoffs: no notify, no context switch."""
     _, _, transport = pair
     dog = Watchdog()
-    first = dog.arm(transport, time.monotonic() + 3600)
+    dog.arm(transport, time.monotonic() + 3600)
     time.sleep(0.05)  # the thread now sleeps until the first alarm's time
-    dog.disarm(first)  # (it is not woken for that)
+    dog.disarm(transport)  # (it is not woken for that)
     notified: list[bool] = []
     monkeypatch.setattr(dog._cond, "notify", lambda n=1: notified.append(True))
     for i in range(100):
-        dog.disarm(dog.arm(transport, time.monotonic() + 3601 + i))
+        dog.arm(transport, time.monotonic() + 3601 + i)
+        dog.disarm(transport)
     assert notified == []
 
 
-def test_many_threads_arm_and_disarm(pair: tuple[socket.socket, socket.socket, Transport]) -> None:
-    _, _, transport = pair
+def test_many_threads_arm_and_disarm_their_own_transports() -> None:
     dog = Watchdog()
     fired: list[bool] = []
 
     def work() -> None:
+        ours, peer = socket.socketpair()
+        transport = Transport(ours.fileno())
         for _ in range(200):
-            fired.append(dog.disarm(dog.arm(transport, time.monotonic() + 60)))
+            dog.arm(transport, time.monotonic() + 60)
+            fired.append(dog.disarm(transport))
+        transport.close()
+        ours.close()
+        peer.close()
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -98,7 +106,20 @@ def test_many_threads_arm_and_disarm(pair: tuple[socket.socket, socket.socket, T
     for t in threads:
         t.join()
     assert fired == [False] * 800
-    assert dog._alarms == []
+
+
+def test_a_transport_armed_again_after_a_cut_starts_uncut(
+    pair: tuple[socket.socket, socket.socket, Transport],
+) -> None:
+    _, _, transport = pair
+    dog = Watchdog()
+    dog.arm(transport, time.monotonic())
+    deadline = time.monotonic() + 2
+    while not transport.was_cut and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert dog.disarm(transport) is True
+    dog.arm(transport, time.monotonic() + 60)
+    assert dog.disarm(transport) is False
 
 
 def test_a_forked_child_gets_a_fresh_watchdog(
@@ -107,14 +128,17 @@ def test_a_forked_child_gets_a_fresh_watchdog(
     from lambda_db._watchdog import WATCHDOG
 
     _, _, transport = pair
-    WATCHDOG.disarm(WATCHDOG.arm(transport, time.monotonic() + 60))  # the thread exists
+    WATCHDOG.arm(transport, time.monotonic() + 60)  # the thread exists
+    WATCHDOG.disarm(transport)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         ok = False
         try:
             a, _peer = socket.socketpair()
-            WATCHDOG.arm(Transport(a.fileno()), time.monotonic() + 0.05)
+            WATCHDOG.arm(transport, time.monotonic() + 3600)  # registered before the fork
+            fresh = Transport(a.fileno())  # (the watchdog holds transports weakly)
+            WATCHDOG.arm(fresh, time.monotonic() + 0.05)
             ok = a.recv(1) == b""
         finally:
             os.write(write, b"1" if ok else b"0")
