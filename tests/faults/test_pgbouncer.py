@@ -92,6 +92,7 @@ def test_the_opt_in_statement_timeout_does_not_leak_to_the_next_client(
     db.close()
 
 
+@pytest.mark.drivers("psycopg2", reason="a control of the method: no lambda-db in it")
 @pytest.mark.pins("the control: a session SET through the pooler, to show it leaks")
 def test_control_a_session_level_set_does_leak(ledger_db: AppDb, pool_of_one: PgBouncer) -> None:
     """The method can see a leak: a plain session ``SET`` reaches the next client."""
