@@ -131,6 +131,11 @@ class Kit:
         with cur.copy(sql) as copy:
             return b"".join(bytes(block) for block in copy).decode()
 
+    def ssl_in_use(self, conn: Any) -> bool:
+        """Whether ``conn`` talks TLS (psycopg 3 keeps it on the libpq connection)."""
+        info = conn.info if self.name == "psycopg2" else conn.pgconn
+        return bool(info.ssl_in_use)
+
     def logged(self, sql: str, *values: str) -> str:
         """How the server's log shows ``sql`` run with ``values`` (SQL literals) by this driver:
         psycopg2 interpolates on the client, psycopg 3 binds ``$1``, ``$2``... on the server."""
