@@ -207,3 +207,23 @@ def test_the_connect_budget_holds_through_the_database(app_db: AppDb, silent_ser
     assert time.monotonic() - started < 0.6 + 0.05
     assert "timeout expired" in str(info.value)
     assert isinstance(info.value.__cause__, psycopg.OperationalError)
+
+
+# -- the benchmark's wire counter ------------------------------------------------------------
+
+
+@pytest.mark.pins("the benchmark's naive psycopg 3 case prepares, as psycopg 3 does by default")
+def test_the_benchmarks_wire_counter_sees_statements_and_named_prepares(app_db: AppDb) -> None:
+    """``bench/psycopg_driver.py`` counts statements on the wire: its control is naive
+    psycopg 3 with its defaults, whose sixth run of a query is a named prepared statement."""
+    from bench import psycopg_driver
+
+    app_db.query(f'CREATE TABLE {psycopg_driver.TABLE} (n bigint); '
+                 f'GRANT ALL ON {psycopg_driver.TABLE} TO "{app_db.role}"')  # fmt: skip
+    wire = psycopg_driver.on_the_wire(app_db)
+    expected = {"statements": 3, "round_trips": 3, "named": 0}
+    assert wire[psycopg_driver.LAMBDA_DB["psycopg"]] == expected
+    assert wire[psycopg_driver.LAMBDA_DB["psycopg2"]] == expected
+    assert wire[psycopg_driver.NAIVE_PG2] == expected
+    assert wire[psycopg_driver.NAIVE_PG3_UNPREPARED] == expected
+    assert wire[psycopg_driver.NAIVE_PG3] == expected | {"named": 1}
