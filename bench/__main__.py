@@ -1,7 +1,7 @@
 """``python -m bench``: run every benchmark and rewrite BENCHMARKS.md.
 
-Sections (``--only`` takes these names): imports, credentials, warm, invocation, watchdog,
-recovery, burst, load. ``--quick`` shrinks every size for a smoke run (its figures are not the
+Sections (``--only`` takes these names): imports, credentials, warm, invocation, drivers,
+watchdog, recovery, burst, load. ``--quick`` shrinks every size for a smoke run (its figures are not the
 ones to publish).
 """
 
@@ -25,6 +25,7 @@ SECTIONS = (
     "credentials",
     "warm",
     "invocation",
+    "drivers",
     "watchdog",
     "recovery",
     "burst",
@@ -98,6 +99,11 @@ def _run_server_sections(
 
         _say("a warm invocation: statements, latency through +1 ms, CPU")
         results["invocation"] = invocation(pg, kwargs, quick=quick)
+    if "drivers" in only:
+        from bench import psycopg_driver
+
+        _say("drivers: psycopg2 and psycopg 3")
+        results["psycopg_driver"] = psycopg_driver.run(dict(app_db), rounds)
     if "watchdog" in only:
         from bench.core import watchdog_overhead
 

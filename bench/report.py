@@ -317,6 +317,11 @@ def render(r: Mapping[str, Any]) -> str:
     inv = r.get("invocation")
     if inv:
         lines += _invocation_lines(inv)
+    drivers = r.get("psycopg_driver")
+    if drivers:
+        from bench import psycopg_driver
+
+        lines += psycopg_driver.render(drivers)
     trip = r.get("no_round_trip")
     if trip:
         lines += [

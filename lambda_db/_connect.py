@@ -247,11 +247,17 @@ def connect_with_retry(
 
 
 def _first_line(exc: BaseException) -> str:
-    """The server's verdict without libpq's "connection to server at ... failed:" prefix."""
+    """The server's verdict without libpq's "connection to server at ... failed:" prefix
+    (psycopg 3 adds a "connection failed:" of its own in front of it).
+
+    >>> _first_line(Exception('connection failed: connection to server at "db", port 5432 '
+    ...                       'failed: FATAL:  too many connections for role "app"'))
+    'too many connections for role "app"'
+    """
     text = " ".join(str(exc).split("\n")[:2]).strip()
     marker = "failed: "
     if marker in text:
-        text = text.split(marker, 1)[1]
+        text = text.rsplit(marker, 1)[1]
     return text.replace("FATAL:  ", "").strip() or type(exc).__name__
 
 

@@ -7,7 +7,8 @@ deadline, what state a connection is in, how to ping it without opening a transa
 to set a transaction's characteristics without sending ``SET`` (which pins RDS Proxy), and
 what an exception means (:class:`ErrorInfo`, classified by :mod:`lambda_db._classify`).
 
-psycopg2 is the default (:mod:`lambda_db._psycopg2`).
+psycopg2 is the default (:mod:`lambda_db._psycopg2`); psycopg 3 is ``DB_DRIVER=psycopg``
+(:mod:`lambda_db._psycopg`). Each library is imported only when its driver is chosen.
 
 Example::
 
@@ -140,4 +141,8 @@ def get_driver(name: str) -> Driver:
         from lambda_db._psycopg2 import PSYCOPG2
 
         return PSYCOPG2
+    if name == "psycopg":
+        from lambda_db._psycopg import PSYCOPG
+
+        return PSYCOPG
     raise ValueError(f"unknown driver {name!r}")

@@ -86,7 +86,7 @@ def check_options(
     if autocommit and (isolation_level, readonly, deferrable) != (None, None, None):
         raise ConfigurationError(
             "autocommit=True runs no transaction, so isolation_level, readonly and "
-            "deferrable cannot apply (psycopg2 would send SET default_transaction_*, "
+            "deferrable cannot apply (the driver would need SET default_transaction_*, "
             "which pins RDS Proxy)",
             variable="autocommit",
         )

@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 
 AuthMode = Literal["password", "secret", "iam"]
 AUTH_MODES: tuple[AuthMode, ...] = ("password", "secret", "iam")
-#: DB-API drivers lambda-db can drive (``DB_DRIVER``).
-DRIVERS = ("psycopg2",)
+#: DB-API drivers lambda-db can drive (``DB_DRIVER``): ``psycopg2`` (the default) or
+#: ``psycopg`` (psycopg 3, the ``lambda-db[psycopg]`` extra; imported only when chosen).
+DRIVERS = ("psycopg2", "psycopg")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 #: sslmodes that encrypt for certain; anything weaker may send credentials in clear text.
 ENCRYPTED_SSLMODES = ("require", "verify-ca", "verify-full")
@@ -158,7 +159,7 @@ class Settings:
     #: Opt-in: ``SET LOCAL statement_timeout`` to the time left, in each transaction. It
     #: pins RDS Proxy: for direct connections only (role defaults are the pin-free way).
     local_statement_timeout: bool
-    #: The DB-API driver (``psycopg2``).
+    #: The DB-API driver: ``psycopg2`` (the default) or ``psycopg`` (psycopg 3; see DRIVERS).
     driver: str
     #: How long a Secrets Manager value is cached.
     secret_max_age: float

@@ -3,6 +3,9 @@
 The server is real (``lambda_db_lab.localpg``): TCP on 127.0.0.1, scram-sha-256, TLS with a
 CA made for this run. Nothing here mocks psycopg2.
 
+The functional and fault tests run once per DB-API driver (``tests/support/drivers.py``):
+``app_db`` carries ``DB_DRIVER`` from the ``db_driver`` fixture, ``psycopg2`` outside them.
+
 The pin recorder (``tests/support/pinlog.py``) watches that server for the whole run: it
 logs every statement, and after each test that used it, every statement a non-superuser
 session sent during the test is checked against RDS Proxy's pinning list. ``$LAMBDA_DB_PINLOG``
@@ -25,6 +28,8 @@ import pytest
 import lambda_db
 from lambda_db_lab.appdb import AppDb as AppDb  # re-exported: the tests import it from here
 from lambda_db_lab.localpg import LocalPostgres
+from tests.support.drivers import DEFAULT as DEFAULT_DRIVER
+from tests.support.drivers import Kit, with_driver
 from tests.support.pinlog import (
     ENV_MODE,
     Finding,
@@ -49,6 +54,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "pins(reason): the test pins a connection on purpose; the pin recorder reports its "
         "findings instead of failing it",
+    )
+    config.addinivalue_line(
+        "markers",
+        "drivers(*names, reason): in the driver matrix, run only for these drivers (say why)",
     )
     config.stash[_FINDINGS] = {}
 
@@ -125,13 +134,27 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 @pytest.fixture
-def app_db(pg: LocalPostgres) -> Iterator[AppDb]:
-    """A new database owned by a new role, dropped (with its sessions) afterwards."""
+def db_driver() -> str:
+    """The DB-API driver (``DB_DRIVER``) of the test: ``psycopg2``, except in the driver
+    matrix (``tests/functional``, ``tests/faults``), where each test runs for each driver."""
+    return DEFAULT_DRIVER
+
+
+@pytest.fixture
+def dbapi(db_driver: str) -> Kit:
+    """What differs between the drivers (error classes, COPY, a plain connection)."""
+    return Kit(db_driver)
+
+
+@pytest.fixture
+def app_db(pg: LocalPostgres, db_driver: str) -> Iterator[AppDb]:
+    """A new database owned by a new role, dropped (with its sessions) afterwards; its
+    ``DB_*`` variables name the test's driver."""
     name = f"app{os.getpid()}_{next(_counter)}"
     password = "pw-" + secrets.token_urlsafe(12)
     pg.create_role(name, password)
     pg.create_database(name, owner=name)
-    db = AppDb(pg, name, password)
+    db = with_driver(AppDb(pg, name, password), db_driver)
     try:
         yield db
     finally:

@@ -66,7 +66,10 @@ def connect(args: argparse.Namespace, command: str) -> psycopg2.extensions.conne
                 args.dsn, application_name=application_name
             )
         else:
-            settings = Settings.from_env().replace(application_name=application_name)
+            # The operations tool speaks psycopg2 whatever DB_DRIVER the functions use.
+            settings = Settings.from_env().replace(
+                application_name=application_name, driver="psycopg2"
+            )
             conn = Database(settings).get_connection()
     except psycopg2.ProgrammingError as exc:
         # A DSN that libpq cannot parse: its message quotes the DSN's text, which may

@@ -4,6 +4,8 @@ and a network path that can become a black hole.
 Restarting or starving the suite's shared server would break other tests, so those cases
 get their own :class:`~lambda_db_lab.localpg.LocalPostgres`. A black hole needs no server
 of its own: :class:`~lambda_db_lab.netns.BlackHolePath` cuts only the test's path to it.
+
+Every case runs once per DB-API driver (``tests/support/drivers.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from lambda_db_lab.localpg import LocalPostgres
 from lambda_db_lab.netns import BlackHolePath, unavailable_reason
 from lambda_db_lab.wait import wait_for
 from tests.conftest import AppDb
+from tests.support import drivers
 from tests.support.fixtures import ledger_db
 
 __all__ = ["assert_cut_in_time_then_recovered", "black_hole", "invoke_or_heal", "ledger_db",
@@ -31,6 +34,10 @@ FUNCTION_TIMEOUT = 3.0
 #: How long past its deadline a stuck invocation may run before the test heals the path
 #: (then the invocation ends, late, and the test reports the overrun).
 OVERRUN_GRACE = 2.0
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    drivers.parametrize(metafunc)
 
 
 @pytest.fixture(scope="package")

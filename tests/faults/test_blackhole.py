@@ -117,7 +117,7 @@ def test_black_hole_while_sending(ledger_db: AppDb, black_hole: BlackHolePath) -
 
     def during(cur: Any) -> None:
         black_hole.down()
-        cur.execute("SELECT length(%s)", (big,))
+        cur.execute("SELECT length(%s::text)", (big,))
 
     cut_then_heal(ledger_db, black_hole, during=during)
 

@@ -23,6 +23,7 @@ from lambda_db_lab.ledger import Ledger, committed_ids, handler_for, invoke, new
 from lambda_db_lab.pgbouncer import PgBouncer, find_pgbouncer
 from lambda_db_lab.sampler import ConnectionSampler
 from tests.conftest import AppDb
+from tests.support.pinlog import PinLog
 
 pytestmark = pytest.mark.skipif(
     find_pgbouncer() is None,
@@ -92,6 +93,7 @@ def test_the_opt_in_statement_timeout_does_not_leak_to_the_next_client(
     db.close()
 
 
+@pytest.mark.drivers("psycopg2", reason="a control of the method: no lambda-db in it")
 @pytest.mark.pins("the control: a session SET through the pooler, to show it leaks")
 def test_control_a_session_level_set_does_leak(ledger_db: AppDb, pool_of_one: PgBouncer) -> None:
     """The method can see a leak: a plain session ``SET`` reaches the next client."""
@@ -113,12 +115,13 @@ def test_control_a_session_level_set_does_leak(ledger_db: AppDb, pool_of_one: Pg
     "it to a client (lambda-db sends none)"
 )
 def test_environments_share_two_server_sessions_and_survive_their_termination(
-    ledger_db: AppDb,
+    ledger_db: AppDb, db_driver: str, pinlog: PinLog
 ) -> None:
     with bouncer(ledger_db, pool_size=2) as pb:
         env = {**ledger_db, "DB_HOST": pb.host, "DB_PORT": str(pb.port)}
         plan = Plan(env=env, invocations=20, freeze_after=10)
         with (
+            pinlog.capture() as block,
             ConnectionSampler(ledger_db.pg, ledger_db.role) as sampler,
             Environments(plan, 6) as envs,
         ):
@@ -131,4 +134,8 @@ def test_environments_share_two_server_sessions_and_survive_their_termination(
     assert envs.failures() == []
     assert len(envs.outcomes) == 6 * 20
     assert sampler.peak <= 2  # six environments, two server sessions
+    # The environments (processes) ran the test's driver: psycopg 3 binds on the server.
+    inserts = [s for s in block.statements(ledger_db.role) if s.startswith("INSERT")]
+    assert len(inserts) == 6 * 20
+    assert all(("$1" in s) == (db_driver == "psycopg") for s in inserts)
     Ledger.check(envs.outcomes, committed_ids(ledger_db)).assert_exact()

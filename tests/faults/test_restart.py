@@ -16,6 +16,7 @@ from lambda_db_lab.appdb import ledger_app_db
 from lambda_db_lab.environments import Environments, Plan
 from lambda_db_lab.ledger import Ledger, committed_ids
 from lambda_db_lab.localpg import LocalPostgres
+from tests.support.drivers import with_driver
 
 ENVIRONMENTS = 8
 TIMEOUT_MS = 2000  # the function's timeout
@@ -24,10 +25,12 @@ OUTAGE = 2.5  # seconds the server is down: longer than the timeout
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
-def test_restart_under_eight_environments(private_pg: LocalPostgres, mode: str) -> None:
+def test_restart_under_eight_environments(
+    private_pg: LocalPostgres, mode: str, db_driver: str
+) -> None:
     """``fast``: sessions are terminated cleanly; ``immediate``: as in a crash, with
     crash recovery at the next start."""
-    app_db = ledger_app_db(private_pg)
+    app_db = with_driver(ledger_app_db(private_pg), db_driver)
     plan = Plan(
         env={**app_db, "DB_DEADLINE_MARGIN": "0.5"},
         timeout_ms=TIMEOUT_MS,

@@ -33,6 +33,7 @@ from lambda_db_lab.ledger import (
 from lambda_db_lab.localpg import LocalPostgres
 from lambda_db_lab.wait import wait_for
 from tests.conftest import AppDb
+from tests.support.drivers import with_driver
 
 SEED = 20260317
 
@@ -65,7 +66,7 @@ def small_pg() -> Iterator[LocalPostgres]:
 
 
 @pytest.fixture(params=["role-limit", "server-limit"])
-def full(request: pytest.FixtureRequest, app_db: AppDb) -> Iterator[Full]:
+def full(request: pytest.FixtureRequest, app_db: AppDb, db_driver: str) -> Iterator[Full]:
     if request.param == "role-limit":
         target = app_db
         create_table(target)
@@ -74,7 +75,7 @@ def full(request: pytest.FixtureRequest, app_db: AppDb) -> Iterator[Full]:
         wording = "too many connections for role"
     else:
         server: LocalPostgres = request.getfixturevalue("small_pg")
-        target = ledger_app_db(server)
+        target = with_driver(ledger_app_db(server), db_driver)
         holders = [target.connect(application_name="holder") for _ in range(5)]
         wording = "remaining connection slots are reserved"
     full = Full(target, holders, wording)

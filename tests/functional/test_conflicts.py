@@ -8,13 +8,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import psycopg2
 import pytest
 
 import lambda_db
 from lambda_db import Database, with_connection
 from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
+from tests.support.drivers import Kit
 
 Handler = Callable[[Any, Any], int]
 
@@ -92,7 +92,7 @@ def test_conflicting_serializable_invocations_both_succeed_each_once(on_call: Ap
         db.close()
 
 
-def test_without_retries_the_conflict_propagates_unchanged(on_call: AppDb) -> None:
+def test_without_retries_the_conflict_propagates_unchanged(on_call: AppDb, dbapi: Kit) -> None:
     dbs = {name: Database(on_call.settings) for name in ("alice", "bob")}
     runs: Counter[str] = Counter()
     barrier = threading.Barrier(2)
@@ -100,13 +100,13 @@ def test_without_retries_the_conflict_propagates_unchanged(on_call: AppDb) -> No
     results = run_both(handlers)
     failed = [r for r in results.values() if isinstance(r, Exception)]
     assert len(failed) == 1
-    assert isinstance(failed[0], psycopg2.errors.SerializationFailure)
+    assert isinstance(failed[0], dbapi.errors.SerializationFailure)
     assert on_call.query("SELECT count(*) FROM doctors WHERE on_call") == [(1,)]
     for db in dbs.values():
         db.close()
 
 
-def test_no_retry_without_time_left(app_db: AppDb) -> None:
+def test_no_retry_without_time_left(app_db: AppDb, dbapi: Kit) -> None:
     db = Database(app_db.settings.replace(deadline_margin=0.9))
     runs: list[int] = []
 
@@ -117,7 +117,7 @@ def test_no_retry_without_time_left(app_db: AppDb) -> None:
         time.sleep(0.1)  # what was left of the connect budget (0.1 s) is spent
         server_raises(conn, "serialization_failure")
 
-    with pytest.raises(psycopg2.errors.SerializationFailure):
+    with pytest.raises(dbapi.errors.SerializationFailure):
         handler({}, LambdaContext(timeout=1.0))
     assert runs == [1]
     db.close()
@@ -136,7 +136,7 @@ def test_other_errors_are_not_retried(app_db: AppDb) -> None:
     assert runs == [1]
 
 
-def test_a_conflict_wrapped_by_the_handler_is_still_recognised(app_db: AppDb) -> None:
+def test_a_conflict_wrapped_by_the_handler_is_still_recognised(app_db: AppDb, dbapi: Kit) -> None:
     db = Database(app_db.settings)
     runs: list[int] = []
 
@@ -149,7 +149,7 @@ def test_a_conflict_wrapped_by_the_handler_is_still_recognised(app_db: AppDb) ->
         if len(runs) == 1:
             try:
                 server_raises(db.get_connection(), "deadlock_detected")
-            except psycopg2.Error as exc:
+            except dbapi.Error as exc:
                 raise OrderFailed("could not place the order") from exc
         return "placed"
 

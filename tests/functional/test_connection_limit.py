@@ -6,7 +6,6 @@ import threading
 import time
 from typing import Any
 
-import psycopg2
 import pytest
 
 import lambda_db
@@ -14,6 +13,7 @@ from lambda_db import Database
 from lambda_db._backoff import Backoff
 from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
+from tests.support.drivers import Kit
 
 
 @pytest.fixture
@@ -35,14 +35,16 @@ class RecordingSleep:
         time.sleep(seconds)
 
 
-def test_the_articles_error_is_real(full_role: tuple[AppDb, Any]) -> None:
+def test_the_articles_error_is_real(full_role: tuple[AppDb, Any], dbapi: Kit) -> None:
     app_db, blocker = full_role
-    with pytest.raises(psycopg2.OperationalError, match="too many connections for role"):
-        app_db.connect()
+    with pytest.raises(dbapi.OperationalError, match="too many connections for role"):
+        dbapi.connect(app_db)
     blocker.close()
 
 
-def test_retries_with_jitter_then_typed_error_within_budget(full_role: tuple[AppDb, Any]) -> None:
+def test_retries_with_jitter_then_typed_error_within_budget(
+    full_role: tuple[AppDb, Any], dbapi: Kit
+) -> None:
     app_db, blocker = full_role
     sleep = RecordingSleep()
     budget = 1.5
@@ -58,7 +60,7 @@ def test_retries_with_jitter_then_typed_error_within_budget(full_role: tuple[App
     assert f"{error.attempts} attempt(s)" in str(error)
     assert "1.50 s budget" in str(error)
     assert "too many connections for role" in str(error)
-    assert isinstance(error.__cause__, psycopg2.OperationalError)
+    assert isinstance(error.__cause__, dbapi.OperationalError)
     assert elapsed < budget + 0.5  # the last attempt starts before the deadline
     # Full jitter: every wait under its ceiling, and not all at the ceiling.
     backoff = Backoff()

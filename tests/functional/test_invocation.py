@@ -13,7 +13,6 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psycopg2
 import pytest
 
 import lambda_db
@@ -21,6 +20,7 @@ from lambda_db import Database, _snapstart, with_connection
 from lambda_db.testing import LambdaContext
 from lambda_db_lab.wait import wait_for
 from tests.conftest import AppDb
+from tests.support.drivers import Kit
 
 
 @pytest.fixture
@@ -81,13 +81,15 @@ def test_raising_handler_leaves_no_row_and_no_open_transaction(env_db: AppDb) ->
     assert lambda_db.default_database().stats.rollbacks == 1
 
 
-def test_handler_that_swallows_a_database_error_is_rolled_back_not_failed(env_db: AppDb) -> None:
+def test_handler_that_swallows_a_database_error_is_rolled_back_not_failed(
+    env_db: AppDb, dbapi: Kit
+) -> None:
     @with_connection
     def handler(event: object, context: object) -> int:
         insert("dup")
         try:
             insert("dup")
-        except psycopg2.errors.UniqueViolation:
+        except dbapi.errors.UniqueViolation:
             return 409
         return 201
 
@@ -97,7 +99,9 @@ def test_handler_that_swallows_a_database_error_is_rolled_back_not_failed(env_db
     assert handler({}, LambdaContext()) == 409  # and the connection is still good
 
 
-def test_connection_killed_mid_invocation_fails_it_typed_and_half_nothing(env_db: AppDb) -> None:
+def test_connection_killed_mid_invocation_fails_it_typed_and_half_nothing(
+    env_db: AppDb, dbapi: Kit
+) -> None:
     @with_connection
     def handler(event: dict[str, Any], context: object) -> str:
         insert(event["id"])
@@ -108,7 +112,7 @@ def test_connection_killed_mid_invocation_fails_it_typed_and_half_nothing(env_db
 
     with pytest.raises(lambda_db.ConnectionLostError) as info:
         handler({"id": "a", "kill": True}, LambdaContext())
-    assert isinstance(info.value.__cause__, psycopg2.OperationalError)
+    assert isinstance(info.value.__cause__, dbapi.OperationalError)
     assert "nothing was replayed" in str(info.value)
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]
     # The next invocation gets a fresh connection and succeeds.
@@ -144,7 +148,7 @@ def test_server_restarted_between_invocations(env_db: AppDb) -> None:
     assert env_db.query("SELECT count(*) FROM items") == [(2,)]
 
 
-def test_a_runaway_statement_is_cut_at_the_deadline_by_default(env_db: AppDb) -> None:
+def test_a_runaway_statement_is_cut_at_the_deadline_by_default(env_db: AppDb, dbapi: Kit) -> None:
     @with_connection
     def handler(event: object, context: object) -> None:
         insert("runaway")
@@ -159,7 +163,7 @@ def test_a_runaway_statement_is_cut_at_the_deadline_by_default(env_db: AppDb) ->
     assert not info.value.outcome_unknown
     assert "open transaction was not committed" in str(info.value)
     assert "had not answered" in str(info.value)  # a statement was waiting
-    assert isinstance(info.value.__cause__, psycopg2.OperationalError)
+    assert isinstance(info.value.__cause__, dbapi.OperationalError)
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]
     stats = lambda_db.default_database().stats
     assert (stats.deadlines_exceeded, stats.connections_lost) == (1, 1)
@@ -218,14 +222,14 @@ def test_opt_in_statement_timeout_is_transaction_local(local_timeout: AppDb) -> 
 
 @pytest.mark.pins("the opt-in DB_LOCAL_STATEMENT_TIMEOUT sends SET LOCAL by design")
 def test_opt_in_statement_timeout_cancels_a_runaway_statement_server_side(
-    local_timeout: AppDb,
+    local_timeout: AppDb, dbapi: Kit
 ) -> None:
     @with_connection
     def handler(event: object, context: object) -> None:
         with lambda_db.get_connection().cursor() as cur:
             cur.execute("SELECT pg_sleep(10)")
 
-    with pytest.raises(psycopg2.errors.QueryCanceled):  # the server's, before the watchdog
+    with pytest.raises(dbapi.errors.QueryCanceled):  # the server's, before the watchdog
         handler({}, LambdaContext(timeout=1.5))
     assert local_timeout.backends("idle in transaction") == []
     stats = lambda_db.default_database().stats
@@ -380,7 +384,7 @@ def test_autocommit_left_on_by_a_caller_does_not_escape_the_transaction(env_db: 
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]
 
 
-# -- the guard rails leave ordinary psycopg2 use alone -------------------------------------
+# -- the guard rails leave ordinary driver use alone ----------------------------------------
 
 
 def test_threads_can_run_statements_on_the_invocations_connection(env_db: AppDb) -> None:
@@ -401,11 +405,11 @@ def test_threads_can_run_statements_on_the_invocations_connection(env_db: AppDb)
     assert handler({}, LambdaContext(timeout=5)) == list(range(16))
 
 
-def test_copy_works_inside_a_real_invocation(env_db: AppDb) -> None:
+def test_copy_works_inside_a_real_invocation(env_db: AppDb, dbapi: Kit) -> None:
     @with_connection
     def handler(event: object, context: object) -> None:
         with lambda_db.get_connection().cursor() as cur:
-            cur.copy_expert("COPY items (id, n) FROM STDIN", io.StringIO("a\t1\nb\t2\n"))
+            dbapi.copy_in(cur, "COPY items (id, n) FROM STDIN", "a\t1\nb\t2\n")
 
     handler({}, LambdaContext(timeout=5))
     assert env_db.query("SELECT id, n FROM items ORDER BY id") == [("a", 1), ("b", 2)]
