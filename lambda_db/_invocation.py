@@ -295,7 +295,8 @@ class Invocation:
         assert driver is not None  # set at checkout, with conn
         try:
             if transport is not None and transport.was_cut:
-                waiting = exc is not None and disconnected(driver.error_info(exc))
+                # A driver error after the cut: a statement was waiting for the server.
+                waiting = exc is not None and driver.error_info(exc) is not None
                 raise self._cut(waiting=waiting) from exc
             if exc is not None:
                 if driver.closed(conn) or disconnected(driver.error_info(exc)):

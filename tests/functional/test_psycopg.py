@@ -11,13 +11,15 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 import lambda_db
 from lambda_db import Database, with_connection
 from lambda_db._driver import get_driver
+from lambda_db._invocation import Invocation
+from lambda_db._psycopg import PSYCOPG
 from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
 from tests.support.pinlog import PinLog
@@ -147,14 +149,16 @@ def test_psycopgs_transaction_blocks_nest_inside_the_invocations(items_db: AppDb
     assert items_db.query("SELECT id FROM items") == [("kept",)]
 
 
-def test_an_unknown_isolation_level_is_refused_at_checkout(items_db: AppDb) -> None:
-    @with_connection(database=Database(items_db.settings), isolation_level="SNAPSHOT",
-                     inject="conn")  # fmt: skip
-    def handler(event: Any, context: Any, conn: Any) -> None:
-        raise AssertionError("never reached: the checkout refuses")
-
-    with pytest.raises(ValueError, match="unknown isolation level 'SNAPSHOT'"):
-        handler({}, LambdaContext())
+def test_an_unknown_isolation_level_is_refused(items_db: AppDb) -> None:
+    with pytest.raises(lambda_db.ConfigurationError, match="SNAPSHOT"):  # when decorating
+        with_connection(database=Database(items_db.settings), isolation_level="SNAPSHOT")
+    scope = Invocation(Database(items_db.settings), None)
+    with pytest.raises(ValueError, match="unknown isolation level 'SNAPSHOT'"):  # the driver's
+        PSYCOPG.prepare(
+            cast(Any, scope._db.get_connection()), autocommit=False, isolation_level="SNAPSHOT",
+            readonly=None, deferrable=None,
+        )  # fmt: skip
+    scope._db.close()
     assert items_db.backends("idle in transaction") == []
 
 
