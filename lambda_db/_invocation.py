@@ -155,6 +155,12 @@ class Invocation:
         """True when this invocation runs its statements without a transaction."""
         return self._options is not None and self._options[0]
 
+    @property
+    def options(self) -> tuple[bool, str | None, bool | None, bool | None] | None:
+        """``(autocommit, isolation_level, readonly, deferrable)``, or ``None`` for the
+        defaults (a transaction with the server's characteristics)."""
+        return self._options
+
     # -- entering and leaving ------------------------------------------------------------
 
     def __enter__(self) -> Invocation:

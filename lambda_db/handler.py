@@ -27,7 +27,7 @@ from lambda_db._invocation import Invocation, check_options
 from lambda_db.database import Connection, Database
 from lambda_db.errors import ConfigurationError
 
-__all__ = ["default_database", "get_connection", "reset", "with_connection"]
+__all__ = ["check_joinable", "default_database", "get_connection", "reset", "with_connection"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,27 @@ def reset() -> None:
         db, _default = _default, None
     if db is not None:
         db.close()
+
+
+def check_joinable(
+    scope: Invocation,
+    options: tuple[bool, str | None, bool | None, bool | None] | None,
+    retries: int = 0,
+) -> None:
+    """Refuse to join ``scope`` with transaction options (or conflict retries) of one's own:
+    the scope being joined owns the transaction."""
+    if options is not None and options != scope.options:
+        raise ConfigurationError(
+            f"transaction options {options!r} differ from those of the invocation already in "
+            f"progress on this Database ({scope.options!r}): set them on the outer decorator",
+            variable="isolation_level",
+        )
+    if retries:
+        raise ConfigurationError(
+            "retry_serialization_failures re-runs a whole invocation, but this one joins an "
+            "invocation already in progress: set it on the outer decorator",
+            variable="retry_serialization_failures",
+        )
 
 
 @overload
@@ -170,10 +191,25 @@ def with_connection(
             variable="retry_serialization_failures",
         )
 
+    options = (
+        None
+        if not autocommit and (isolation_level, readonly, deferrable) == (None, None, None)
+        else (autocommit, isolation_level, readonly, deferrable)
+    )
+
     def decorate(func: Handler) -> Handler:
         @functools.wraps(func)
         def wrapper(event: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
             db = database or default_database()
+            joined = db._scope
+            if joined is not None:
+                # Inside another scope on this Database (lambda_db.sqlalchemy.with_session
+                # outside it, say): join it. One transaction, whose end, deadline and retries
+                # are the outer decorator's.
+                check_joinable(joined, options, retry_serialization_failures)
+                if inject is not None:
+                    kwargs[inject] = joined.connection
+                return func(event, context, *args, **kwargs)
             retries = 0
             while True:
                 scope = Invocation(

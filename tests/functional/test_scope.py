@@ -267,3 +267,25 @@ def test_a_forked_child_leaves_its_parents_session_alone(env_db: AppDb) -> None:
     assert os.waitstatus_to_exitcode(status) == 0  # its own session, not the parent's
     assert handler({}, LambdaContext()) == parent_pid  # the parent's session survived
     assert lambda_db.default_database().stats.connects == 1
+
+
+def test_a_nested_decorator_joins_the_invocation_in_progress(env_db: AppDb) -> None:
+    @with_connection
+    def inner(event: object, context: object) -> Any:
+        with lambda_db.get_connection().cursor() as cur:
+            cur.execute("INSERT INTO items VALUES ('inner')")
+        return lambda_db.default_database().current
+
+    @with_connection
+    def outer(event: object, context: object) -> None:
+        scope = lambda_db.default_database().current
+        assert inner(event, context) is scope  # one scope, one transaction
+        raise RuntimeError("the outer decorator ends it: rolled back")
+
+    with pytest.raises(RuntimeError):
+        outer({}, LambdaContext())
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+    readonly = with_connection(readonly=True)(lambda e, c: None)
+    plain = with_connection(lambda e, c: readonly(e, c))
+    with pytest.raises(lambda_db.ConfigurationError, match="outer decorator"):
+        plain({}, LambdaContext())  # options of its own cannot apply to the joined one
