@@ -285,7 +285,13 @@ def test_a_nested_decorator_joins_the_invocation_in_progress(env_db: AppDb) -> N
     with pytest.raises(RuntimeError):
         outer({}, LambdaContext())
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]
-    readonly = with_connection(readonly=True)(lambda e, c: None)
-    plain = with_connection(lambda e, c: readonly(e, c))
+    @with_connection(readonly=True)
+    def readonly(event: object, context: object) -> None:
+        return None
+
+    @with_connection
+    def plain(event: object, context: object) -> None:
+        readonly(event, context)  # options of its own cannot apply to the joined one
+
     with pytest.raises(lambda_db.ConfigurationError, match="outer decorator"):
-        plain({}, LambdaContext())  # options of its own cannot apply to the joined one
+        plain({}, LambdaContext())
