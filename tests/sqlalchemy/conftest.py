@@ -7,6 +7,8 @@ SQLAlchemy.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Iterator
 
 import pytest
@@ -19,6 +21,16 @@ from lambda_db.sqlalchemy import create_engine
 from tests.conftest import AppDb
 
 __all__ = ["Base", "Item", "engine", "env_db"]
+
+#: The driver matrix (``DB_DRIVER=psycopg2`` and ``psycopg``), where the psycopg 3 driver is.
+_MATRIX = "tests.support.drivers"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that takes ``app_db`` runs once per driver (``tests/support/drivers.py``;
+    before the psycopg 3 driver, psycopg2 only)."""
+    if importlib.util.find_spec(_MATRIX) is not None:
+        importlib.import_module(_MATRIX).parametrize(metafunc)
 
 
 class Base(DeclarativeBase):

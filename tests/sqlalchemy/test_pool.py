@@ -182,6 +182,25 @@ def test_outside_a_scope_core_reuses_the_connection_across_invocations(
     assert env_db.backends("idle in transaction") == []
 
 
+def test_the_dialects_type_settings_hold_on_every_new_connection(env_db: AppDb) -> None:
+    """``json_deserializer`` (like ``hstore``) is per-connection state SQLAlchemy sets up when
+    it connects; lambda-db opens the connections, so it must hold after a reconnect too."""
+    def decode(raw: str | bytes) -> tuple[str, str]:  # psycopg 3 passes bytes
+        return "decoded", raw if isinstance(raw, str) else raw.decode()
+
+    engine = create_engine(json_deserializer=decode)
+    query = text("""SELECT '{"a": 1}'::json""")
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(query).scalar_one() == ("decoded", '{"a": 1}')
+        env_db.terminate_all()
+        with engine.connect() as conn:
+            assert conn.execute(query).scalar_one() == ("decoded", '{"a": 1}')
+        assert lambda_db.default_database().stats.connects == 2
+    finally:
+        engine.dispose()
+
+
 def test_dispose_closes_the_connection_and_the_next_use_reopens(
     engine: Engine, env_db: AppDb, add: Any
 ) -> None:

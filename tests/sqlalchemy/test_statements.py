@@ -26,25 +26,42 @@ from tests.support.pinlog import PinLog
 
 from .conftest import Item
 
-#: What the psycopg2 dialect sends at the engine's first connect (then never again).
-FIRST_CONNECT = [
-    "BEGIN",
-    "SELECT t.oid, typarray FROM pg_type t JOIN pg_namespace ns ON typnamespace = ns.oid "
-    "WHERE typname = ?;",
-    "ROLLBACK",
-    "BEGIN",
-    "select pg_catalog.version()",
-    "select current_schema()",
-    "SHOW default_transaction_isolation",
-    "show standard_conforming_strings",
-    "ROLLBACK",
-]
+#: What the dialect sends at the engine's first connect (then never again), by driver:
+#: reads, and psycopg 3's savepoint around its type lookup (none of it pins).
+FIRST_CONNECT = {
+    "psycopg2": [
+        "BEGIN",
+        "SELECT t.oid, typarray FROM pg_type t JOIN pg_namespace ns ON typnamespace = ns.oid "
+        "WHERE typname = ?;",
+        "ROLLBACK",
+        "BEGIN",
+        "select pg_catalog.version()",
+        "select current_schema()",
+        "SHOW default_transaction_isolation",
+        "show standard_conforming_strings",
+        "ROLLBACK",
+    ],
+    "psycopg": [
+        "BEGIN",
+        "select pg_catalog.version()",
+        "select current_schema()",
+        "SHOW default_transaction_isolation",
+        "show standard_conforming_strings",
+        'SAVEPOINT "_pg3_1"',
+        "SELECT typname AS name, oid, typarray AS array_oid, oid::regtype::text AS regtype, "
+        "typdelim AS delimiter FROM pg_type t WHERE t.oid = to_regtype(?) ORDER BY t.oid",
+        'RELEASE "_pg3_1"',
+        "ROLLBACK",
+    ],
+}
 INSERT = "INSERT INTO items (id, n) VALUES (?, ?)"
 
 
 def shape(sql: str) -> str:
-    """``sql`` on one line with its literals replaced by ``?``."""
-    return re.sub(r"'(?:[^']|'')*'|\b\d+\b", "?", " ".join(sql.split()))
+    """``sql`` on one line with its literals and parameters replaced by ``?`` (psycopg2 sends
+    values inline, psycopg 3 binds ``$1::BIGINT``)."""
+    bound = re.sub(r"\$\d+(?:::\w+)?", "?", " ".join(sql.split()))
+    return re.sub(r"'(?:[^']|'')*'|\b\d+\b", "?", bound)
 
 
 def shapes(statements: list[str]) -> list[str]:
@@ -71,7 +88,8 @@ def test_warm_invocation_sends_begin_the_statements_and_commit(
 
     assert shapes(warm.statements(env_db.role)) == ["BEGIN", INSERT, "COMMIT"]
     assert warm.connections(env_db.role) == 0
-    assert shapes(cold.statements(env_db.role)) == [*FIRST_CONNECT, "BEGIN", INSERT, "COMMIT"]
+    first_connect = FIRST_CONNECT[engine.dialect.driver]
+    assert shapes(cold.statements(env_db.role)) == [*first_connect, "BEGIN", INSERT, "COMMIT"]
     assert cold.connections(env_db.role) == 1
     assert cold.findings() == warm.findings() == []
 
