@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -193,7 +194,9 @@ def test_an_adjustment_sends_a_locking_read_an_update_and_commit(
     assert call(stock_api, "stock-get.json")["statusCode"] == 200  # warm
     with pinlog.capture() as block:
         assert call(stock_api, "stock-adjust.json")["statusCode"] == 200
-    assert shapes(block.statements(app_db.role)) == [
+    # SQLAlchemy 2.0 labels the columns (AS items_id), 2.1 does not.
+    sent = [re.sub(r" AS items_\w+", "", sql) for sql in shapes(block.statements(app_db.role))]
+    assert sent == [
         "BEGIN",
         "SELECT items.id, items.quantity, items.updated_at FROM items WHERE items.id = ? "
         "FOR UPDATE",

@@ -185,6 +185,7 @@ def test_outside_a_scope_core_reuses_the_connection_across_invocations(
 def test_the_dialects_type_settings_hold_on_every_new_connection(env_db: AppDb) -> None:
     """``json_deserializer`` (like ``hstore``) is per-connection state SQLAlchemy sets up when
     it connects; lambda-db opens the connections, so it must hold after a reconnect too."""
+
     def decode(raw: str | bytes) -> tuple[str, str]:  # psycopg 3 passes bytes
         return "decoded", raw if isinstance(raw, str) else raw.decode()
 
