@@ -28,6 +28,7 @@ ENV_JSON = EVENTS / "env.json"
 #: Which function each event file is for, by file name prefix.
 FUNCTION_BY_PREFIX = {
     "items-": "ItemsFunction",
+    "stock-": "StockFunction",
     "connection-report": "ConnectionReportFunction",
     "schema-": "SchemaSetupFunction",
 }

@@ -123,6 +123,12 @@ def test_functions_hold_only_their_own_code(built: Path) -> None:
         ("SchemaSetupFunction", "schema_setup.py"),
     ):
         assert sorted(path.name for path in (built / function).iterdir()) == [module]
+    # The SQLAlchemy example carries SQLAlchemy (pure Python: one build for both machines).
+    stock = built / "StockFunction"
+    assert _top_level(stock) == {"stock_api.py", "sqlalchemy", "sqlalchemy.dist-info"}
+    (wheel,) = stock.glob("sqlalchemy-*.dist-info")
+    assert "Tag: py3-none-any" in (wheel / "WHEEL").read_text()
+    assert not list(stock.rglob("*.so")) and not list(stock.rglob("__pycache__"))
 
 
 def _runtime_python() -> str | None:
@@ -154,6 +160,7 @@ def test_handlers_import_on_the_runtimes_python_from_the_layer_alone(built: Path
     layer = built / native / "python"
     for function, module in (
         ("ItemsFunction", "items_api"),
+        ("StockFunction", "stock_api"),
         ("ConnectionReportFunction", "connection_report"),
         ("SchemaSetupFunction", "schema_setup"),
     ):

@@ -153,6 +153,8 @@ OTHER_EVENTS = {
     "schema-create.json",
     "schema-update.json",
     "schema-delete.json",
+    # The SQLAlchemy example's, checked by tests/sqlalchemy/test_example.py (every one).
+    *(path.name for path in EVENTS.glob("stock-*.json")),
 }
 
 

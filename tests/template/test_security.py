@@ -42,6 +42,8 @@ def test_every_api_method_requires_iam_sigv4(transformed: dict[str, Any]) -> Non
         ("/items/{id}", "get"),
         ("/items/{id}", "put"),
         ("/items/{id}", "delete"),
+        ("/items/{id}/stock", "get"),
+        ("/items/{id}/stock", "post"),
     }
     for path, method, spec in methods:
         assert spec["security"] == [{"AWS_IAM": []}], (path, method)
@@ -58,7 +60,7 @@ def test_sam_cli_sees_every_api_event_authorized() -> None:
 
     stacks, _ = SamLocalStackProvider.get_stacks(str(TEMPLATE))
     verdicts = auth_per_resource(stacks)
-    assert len(verdicts) == 5
+    assert len(verdicts) == 7
     assert all(authorized for _, authorized in verdicts), verdicts
 
 
@@ -69,7 +71,7 @@ def test_api_events_all_use_the_protected_api(template: dict[str, Any]) -> None:
         for event in function["Properties"].get("Events", {}).values()
         if event["Type"] == "Api"
     ]
-    assert len(api_events) == 5
+    assert len(api_events) == 7
     for event in api_events:
         assert event["Properties"]["RestApiId"] == {"Ref": "ItemsApi"}
     assert not resources(template, "AWS::Serverless::HttpApi")
@@ -118,9 +120,15 @@ def test_functions_log_in_as_the_app_role_and_only_the_schema_setup_as_master(
     template: dict[str, Any],
 ) -> None:
     functions = resources(template, FUNCTION)
-    assert set(functions) == {"ItemsFunction", "ConnectionReportFunction", "SchemaSetupFunction"}
+    assert set(functions) == {
+        "ItemsFunction",
+        "StockFunction",
+        "ConnectionReportFunction",
+        "SchemaSetupFunction",
+    }
     expected_user = {
         "ItemsFunction": "AppDbUser",
+        "StockFunction": "AppDbUser",
         "ConnectionReportFunction": "AppDbUser",
         "SchemaSetupFunction": "DbUser",
     }
@@ -153,7 +161,7 @@ def test_local_only_password_variable_is_empty_in_aws(template: dict[str, Any]) 
     env = function_env(template, "SchemaSetupFunction")
     assert env["APP_DB_PASSWORD"] == ""
     assert env["DB_PASSWORD"] == ""
-    for name in ("ItemsFunction", "ConnectionReportFunction"):
+    for name in ("ItemsFunction", "StockFunction", "ConnectionReportFunction"):
         assert "APP_DB_PASSWORD" not in function_env(template, name), name
 
 
@@ -229,6 +237,7 @@ def test_function_roles_hold_only_what_they_use(transformed: dict[str, Any]) -> 
     }
     assert set(roles) == {
         "ItemsFunctionRole",
+        "StockFunctionRole",
         "ConnectionReportFunctionRole",
         "SchemaSetupFunctionRole",
     }
@@ -257,6 +266,7 @@ def test_every_log_group_is_declared_with_a_retention(transformed: dict[str, Any
     groups = resources(transformed, "AWS::Logs::LogGroup")
     assert set(groups) == {
         "ItemsLogGroup",
+        "StockLogGroup",
         "ConnectionReportLogGroup",
         "SchemaSetupLogGroup",
         "ApiAccessLogGroup",

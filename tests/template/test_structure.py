@@ -114,7 +114,7 @@ def _logger_names() -> list[str]:
     for module in pkgutil.walk_packages(lambda_db.__path__, prefix=f"{lambda_db.__name__}."):
         names.append(module.name)
     # Libraries the functions load, by their loggers' root names.
-    names += ["psycopg2", "botocore", "urllib3", "aws_lambda_powertools", "root"]
+    names += ["psycopg2", "botocore", "urllib3", "aws_lambda_powertools", "sqlalchemy", "root"]
     return names
 
 
@@ -412,7 +412,12 @@ def test_env_json_overrides_only_declared_variables() -> None:
     assert env["SchemaSetupFunction"]["APP_DB_PASSWORD"] == env["Parameters"]["DB_PASSWORD"], (
         "the functions log in with the password the schema setup gives the role"
     )
-    for function in ("ItemsFunction", "ConnectionReportFunction", "SchemaSetupFunction"):
+    for function in (
+        "ItemsFunction",
+        "StockFunction",
+        "ConnectionReportFunction",
+        "SchemaSetupFunction",
+    ):
         declared = set(load_function(function, template_path=TEMPLATE).environment)
         overridden = set(env["Parameters"]) | set(env.get(function, {}))
         assert overridden <= declared, (function, overridden - declared)
