@@ -18,7 +18,7 @@ all: test
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[cli,dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[cli,dev,bench,sqlalchemy]'
 	touch $(STAMP)
 
 # pgbouncer (demo part 3, pooler tests) comes from the distribution's packages.

@@ -1,7 +1,7 @@
 """``python -m bench``: run every benchmark and rewrite BENCHMARKS.md.
 
 Sections (``--only`` takes these names): imports, credentials, warm, invocation, drivers,
-watchdog, recovery, burst, load. ``--quick`` shrinks every size for a smoke run (its
+sqlalchemy, watchdog, recovery, burst, load. ``--quick`` shrinks every size for a smoke run (its
 figures are not the ones to publish).
 """
 
@@ -26,6 +26,7 @@ SECTIONS = (
     "warm",
     "invocation",
     "drivers",
+    "sqlalchemy",
     "watchdog",
     "recovery",
     "burst",
@@ -104,6 +105,11 @@ def _run_server_sections(
 
         _say("drivers: psycopg2 and psycopg 3")
         results["psycopg_driver"] = psycopg_driver.run(dict(app_db), rounds)
+    if "sqlalchemy" in only:
+        from bench import sqlalchemy_bench
+
+        _say("SQLAlchemy via lambda-db, QueuePool(pool_pre_ping), NullPool")
+        results["sqlalchemy"] = sqlalchemy_bench.run(dict(app_db), rounds)
     if "watchdog" in only:
         from bench.core import watchdog_overhead
 

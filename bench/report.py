@@ -322,6 +322,11 @@ def render(r: Mapping[str, Any]) -> str:
         from bench import psycopg_driver
 
         lines += psycopg_driver.render(drivers)
+    orm = r.get("sqlalchemy")
+    if orm:
+        from bench import sqlalchemy_bench
+
+        lines += sqlalchemy_bench.render(orm)
     trip = r.get("no_round_trip")
     if trip:
         lines += [

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from sqlalchemy.engine import Engine
 
-from lambda_db._invocation import Invocation
 from lambda_db.errors import ConfigurationError
+from lambda_db.handler import check_joinable
 from lambda_db.sqlalchemy._dialects import releasing
 from lambda_db.sqlalchemy._engine import database_of, default_engine
 
@@ -112,7 +112,11 @@ def with_session(
         )
     if engine is not None:
         database_of(engine)  # refuse an engine lambda-db cannot scope, at decoration time
-    options = {"isolation_level": isolation_level, "readonly": readonly, "deferrable": deferrable}
+    options = (
+        None
+        if (isolation_level, readonly, deferrable) == (None, None, None)
+        else (False, isolation_level, readonly, deferrable)
+    )
     from sqlalchemy.orm import Session  # ~30 ms: paid by handlers that use sessions only
 
     def decorate(func: Callable[..., R]) -> Callable[..., R]:
@@ -125,7 +129,7 @@ def with_session(
             scope = db.current
             try:
                 if scope is not None:  # with_connection (or with_session) is outside
-                    _check_joinable(scope, options)
+                    check_joinable(scope, options)
                     result = func(event, context, *args, **kwargs)
                     session.flush()
                     return result
@@ -144,18 +148,6 @@ def with_session(
         return wrapper
 
     return decorate
-
-
-def _check_joinable(scope: Invocation, options: dict[str, Any]) -> None:
-    """Refuse transaction options that differ from those of the scope being joined."""
-    for name, wanted in options.items():
-        if wanted is not None and getattr(scope, name) != wanted:
-            raise ConfigurationError(
-                f"with_session({name}={wanted!r}) joined an invocation already in progress "
-                f"with {name}={getattr(scope, name)!r} (with_connection outside it on the "
-                "same Database): set the option on the outer decorator",
-                variable=name,
-            )
 
 
 def _release(session: Session) -> None:

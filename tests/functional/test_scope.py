@@ -285,6 +285,7 @@ def test_a_nested_decorator_joins_the_invocation_in_progress(env_db: AppDb) -> N
     with pytest.raises(RuntimeError):
         outer({}, LambdaContext())
     assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+
     @with_connection(readonly=True)
     def readonly(event: object, context: object) -> None:
         return None

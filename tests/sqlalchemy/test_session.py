@@ -175,11 +175,6 @@ def test_two_sessions_stacked_share_the_transaction(engine: Engine, env_db: AppD
     assert ids(env_db) == ["inner"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with_connection inside with_session needs with_connection to join a scope in "
-    "progress (core change proposed to lambda_db/handler.py)",
-)
 def test_with_connection_inside_with_session_one_transaction(engine: Engine, env_db: AppDb) -> None:
     @with_session(engine)
     @with_connection
