@@ -105,9 +105,16 @@ class PostgresPersistenceLayer(BasePersistenceLayer):
                 None if in_progress is None else in_progress / 1000.0,
             )
         )
-        if not claimed:
-            old = None if existing is None else _data_record(data_record.idempotency_key, existing)
-            raise IdempotencyItemAlreadyExistsError(old_data_record=old)
+        if claimed:
+            return
+        if existing is None:  # committed while this statement waited: Powertools reads it
+            raise IdempotencyItemAlreadyExistsError
+        old = _data_record(data_record.idempotency_key, existing)
+        # Handing the record back skips Powertools' get_record, which validates the payload:
+        # validate here, as its DynamoDB layer does.
+        self._validate_payload(data_payload=data_record, stored_data_record=old)
+        self._save_to_cache(data_record=old)
+        raise IdempotencyItemAlreadyExistsError(old_data_record=old)
 
     def _update_record(self, data_record: DataRecord) -> None:
         def update(cur: Any) -> None:
