@@ -4,6 +4,7 @@ created as the application role (the database's owner), and a Database on it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,17 @@ def db(orders_db: AppDb) -> Iterator[Database]:
 @pytest.fixture(autouse=True)
 def _fresh_counters() -> None:
     lambda_db.idempotency.stats.reset()
+
+
+def insert_order(conn: Any, order_id: str, note: str = "") -> int:
+    """Insert an order on ``conn`` (in its transaction); its id."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO orders (order_id, note) VALUES (%s, %s) RETURNING id", (order_id, note)
+        )
+        row = cur.fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def order_count(app_db: AppDb) -> int:

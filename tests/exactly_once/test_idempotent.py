@@ -20,7 +20,7 @@ from lambda_db import (
 from lambda_db.idempotency import _decorator
 from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
-from tests.exactly_once.conftest import order_count, records
+from tests.exactly_once.conftest import insert_order, order_count, records
 from tests.support.pinlog import PinLog
 
 Handler = Callable[..., Any]
@@ -33,15 +33,10 @@ def place_order(db: Database, runs: list[dict[str, Any]], **options: Any) -> Han
     @idempotent("order_id", database=db, **options)
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         runs.append(event)
-        with db.get_connection().cursor() as cur:
-            cur.execute(
-                "INSERT INTO orders (order_id, note) VALUES (%s, %s) RETURNING id",
-                (event["order_id"], event.get("note", "")),
-            )
-            row = cur.fetchone()
+        order = insert_order(db.get_connection(), event["order_id"], event.get("note", ""))
         if event.get("fail"):
             raise RuntimeError("the handler failed after writing")
-        return {"id": row[0] if row else None, "order_id": event["order_id"]}
+        return {"id": order, "order_id": event["order_id"]}
 
     return handler
 

@@ -16,7 +16,7 @@ from lambda_db import ConnectionLostError, Database, idempotent, with_connection
 from lambda_db.testing import LambdaContext
 from lambda_db_lab.commit_relay import CommitRelay
 from tests.conftest import AppDb
-from tests.exactly_once.conftest import order_count, records
+from tests.exactly_once.conftest import insert_order, order_count, records
 
 
 @pytest.fixture
@@ -38,12 +38,7 @@ def relayed_db(orders_db: AppDb, relay: CommitRelay) -> Iterator[Database]:
 def order_handler(db: Database, runs: list[str], *, keyed: bool = True) -> Callable[..., Any]:
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         runs.append(event["order_id"])
-        with db.get_connection().cursor() as cur:
-            cur.execute(
-                "INSERT INTO orders (order_id) VALUES (%s) RETURNING id", (event["order_id"],)
-            )
-            row = cur.fetchone()
-        return {"id": row[0] if row else None}
+        return {"id": insert_order(db.get_connection(), event["order_id"])}
 
     inner = idempotent("order_id", database=db)(handler) if keyed else handler
     return with_connection(database=db)(inner)

@@ -22,7 +22,7 @@ from lambda_db import ConfigurationError, Database, with_connection
 from lambda_db.idempotency import PostgresPersistenceLayer
 from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
-from tests.exactly_once.conftest import order_count
+from tests.exactly_once.conftest import insert_order, order_count
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
@@ -38,16 +38,12 @@ def powertools_handler(db: Database, runs: list[str], *, below: bool = False,
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         runs.append(event["order_id"])
-        with db.get_connection().cursor() as cur:
-            cur.execute(
-                "INSERT INTO orders (order_id) VALUES (%s) RETURNING id", (event["order_id"],)
-            )
-            row = cur.fetchone()
+        order = insert_order(db.get_connection(), event["order_id"])
         if event.get("fail"):
             raise RuntimeError("failed after writing")
         if "then" in event:
             event["then"]()
-        return {"id": row[0] if row else None, "big": "x" * event.get("size", 0)}
+        return {"id": order, "big": "x" * event.get("size", 0)}
 
     scoped = with_connection(database=db)
     return scoped(idempotency(handler)) if below else idempotency(scoped(handler))
