@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -321,3 +323,20 @@ def test_on_the_wire_a_claim_and_a_store_beside_the_handlers_statements(
     ]
     assert first.connections(orders_db.role) == 0
     assert first.findings() == [] and repeat.findings() == []
+
+
+def test_import_lambda_db_loads_neither_jmespath_nor_powertools_idempotency() -> None:
+    code = (
+        "import sys, lambda_db, lambda_db.idempotency\n"
+        "loaded = [m for m in sys.modules if m.startswith('jmespath')"
+        " or m.startswith('aws_lambda_powertools.utilities')]\n"
+        "assert not loaded, loaded\n"
+        "layer = lambda_db.idempotency.PostgresPersistenceLayer\n"
+        "assert 'aws_lambda_powertools.utilities.idempotency' in sys.modules\n"
+        "print(layer.__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "PostgresPersistenceLayer"
