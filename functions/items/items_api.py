@@ -20,7 +20,9 @@ The transaction commits when the handler returns and rolls back when it raises
 stored in the request's own transaction (``lambda_db.idempotent``), so a retry with the
 same key gets the original response (the same ``201`` and the same item) and never
 writes twice, even after a COMMIT whose answer was lost; a key reused with another
-method, path or body is a ``422``. Keys are kept 24 hours.
+method, path or body is a ``422``; a retry that arrives while the first request still
+runs waits for it, up to the role's ``lock_timeout`` (then ``409`` with ``Retry-After``).
+Keys are kept 24 hours.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ TOKEN_VERSION = 1
 #: seconds; a lost connection is replaced on the next request.
 RETRY_AFTER_LIMIT = 5
 RETRY_AFTER_UNAVAILABLE = 1
+#: SQLSTATE of lock_timeout (the application role has one: template.yaml's AppLockTimeoutMs).
+LOCK_NOT_AVAILABLE = "55P03"
 #: Methods a client may repeat safely when a COMMIT's outcome is unknown.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 #: The header that makes a POST or PUT safe to retry, and what it may hold.
@@ -201,7 +205,19 @@ def _http_errors(handler: Callable[[Any, Any], dict[str, Any]]) -> Callable[...,
             )
         except DatabaseUnavailableError as exc:
             return _unavailable(exc)
-        except Exception:
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) == LOCK_NOT_AVAILABLE:
+                # The role's lock_timeout: a concurrent request holds the row (or the same
+                # Idempotency-Key) longer than it allows. Nothing was written.
+                logger.warning("lock_timeout: %s", exc)
+                return _proxy_response(
+                    409,
+                    {
+                        "message": "a concurrent request on the same item or "
+                        f"{IDEMPOTENCY_HEADER} is still running; retry later"
+                    },
+                    {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)},
+                )
             logger.exception("unhandled error")
             return _proxy_response(500, {"message": "internal error"})
 

@@ -144,3 +144,35 @@ def test_control_without_a_key_a_lost_reply_is_500_and_a_retry_duplicates(
     assert "Idempotency-Key" in message(lost)
     assert run(CREATE, event=event, environ=via(relay))["statusCode"] == 201
     assert item_count(app_db) == 2  # what the key prevents
+
+
+def test_a_retry_while_the_first_still_runs_waits_then_409_at_lock_timeout(
+    schema: None, run: Run, app_db: AppDb
+) -> None:
+    app_db.query(f"ALTER ROLE \"{app_db.role}\" SET lock_timeout = '300ms'")
+    first = app_db.connect()  # the first request, mid-transaction: it holds the key
+    try:
+        with first.cursor() as cur:
+            cur.execute(
+                "INSERT INTO lambda_db_idempotency (key, expires_at)"
+                " SELECT key, now() + interval '1 hour' FROM (SELECT %s AS key) k",
+                (key_of_create(),),
+            )
+        response = run(CREATE, close_connections=False)
+    finally:
+        first.rollback()
+        first.close()
+    assert response["statusCode"] == 409
+    assert header(response, "Retry-After") == "1"
+    assert "still running" in message(response)
+    assert item_count(app_db) == 0
+    assert_no_leak(app_db)
+    assert run(CREATE)["statusCode"] == 201  # the first rolled back: the retry runs
+
+
+def key_of_create() -> str:
+    """The record key the items API stores for events/items-create-idempotent.json."""
+    from lambda_db.idempotency._decorator import KEY_PREFIX, _digest
+
+    value = load_event(CREATE)["headers"]["Idempotency-Key"]
+    return f"{KEY_PREFIX}items_api.handler#{_digest(value)}"
