@@ -199,7 +199,7 @@ def idempotent(
 
 
 def _claim(
-    store: Store, conn: Any, key: str, payload_hash: str, ttl: float, sweep: int
+    store: Store, conn: Any, key: str, payload_hash: str, ttl: float, sweep: int | None
 ) -> Record | None:
     """Claim ``key`` (``None``) or return its committed record."""
     with conn.cursor() as cur:
@@ -211,7 +211,7 @@ def _claim(
                     stats.max_swept = max(stats.max_swept, claim.swept)
             if claim.claimed:
                 return None
-            record = store.fetch(cur, key)
+            record = claim.record or store.fetch(cur, key)
             if record is not None:
                 return record
             # The record it met expired (or was deleted) since: claim again.
@@ -221,16 +221,16 @@ def _claim(
     )
 
 
-def _sweep_limit(scope: Invocation) -> int:
-    """:data:`SWEEP_LIMIT` under READ COMMITTED; 0 under REPEATABLE READ and SERIALIZABLE,
-    where a range read would make concurrent invocations conflict (SSI's predicate locks)
-    or meet rows a concurrent sweep deleted (40001).
+def _sweep_limit(scope: Invocation) -> int | None:
+    """:data:`SWEEP_LIMIT` under READ COMMITTED; ``None`` (no sweep, no read in the claim)
+    under REPEATABLE READ and SERIALIZABLE, where a read would make concurrent invocations
+    conflict (SSI's predicate locks) or meet rows a concurrent sweep deleted (40001).
 
     A role or database default isolation level is not visible here: ``None`` counts as
     READ COMMITTED, PostgreSQL's default.
     """
     level = (scope.isolation_level or "DEFAULT").upper().replace("_", " ")
-    return SWEEP_LIMIT if level in ("DEFAULT", "READ COMMITTED", "READ UNCOMMITTED") else 0
+    return SWEEP_LIMIT if level in ("DEFAULT", "READ COMMITTED", "READ UNCOMMITTED") else None
 
 
 def _replay(db: Database, record: Record, key: str, payload_hash: str) -> Any:

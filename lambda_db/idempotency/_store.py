@@ -87,7 +87,10 @@ class Claim:
     #: an unexpired record exists (committed, or this transaction's own).
     claimed: bool
     #: Expired rows of other keys the statement deleted.
-    swept: int
+    swept: int = 0
+    #: When not claimed, the record if the statement's snapshot shows it (READ COMMITTED
+    #: only; ``None``: read it with :meth:`Store.fetch`).
+    record: Record | None = None
 
 
 class Store:
@@ -117,10 +120,12 @@ class Store:
             "deleted a few at a time by later claims'",
         )
         # The claim: one INSERT that waits on the primary key for a concurrent claim of
-        # the same key and takes over an expired record in place. It reads nothing (a
-        # read would make concurrent SERIALIZABLE invocations conflict). Under READ
-        # COMMITTED the same round trip deletes a bounded number of expired rows of other
-        # keys: an index range scan from the oldest, never a scan of the table.
+        # the same key and takes over an expired record in place. Alone it reads nothing
+        # (a read would make concurrent SERIALIZABLE invocations conflict). Under READ
+        # COMMITTED the same round trip also deletes a bounded number of expired rows of
+        # other keys (an index range scan from the oldest, never a scan of the table) and
+        # reads the key's record as the statement's snapshot shows it, so that a repeat
+        # costs no second round trip.
         claim = f"""INSERT INTO {t} AS r (key, payload_hash, expires_at)
     VALUES (%(key)s, %(hash)s, now() + %(ttl)s * interval '1 second')
     ON CONFLICT (key) DO UPDATE
@@ -140,7 +145,10 @@ class Store:
 ), claimed AS (
 {claim}
 )
-SELECT (SELECT count(*) FROM claimed)::int, (SELECT count(*) FROM swept)::int"""
+SELECT (SELECT count(*) FROM claimed)::int, (SELECT count(*) FROM swept)::int,
+       {_RECORD_COLUMNS.format(alias="existing")}
+  FROM (VALUES (1)) AS one (x)
+  LEFT JOIN {t} AS existing ON existing.key = %(key)s AND existing.expires_at > now()"""
         self._sweep = f"""DELETE FROM {t} WHERE key IN (
     SELECT key FROM {t} WHERE expires_at <= now()
      ORDER BY expires_at LIMIT %(sweep)s FOR UPDATE SKIP LOCKED)"""
@@ -188,20 +196,23 @@ SELECT (SELECT count(*) FROM claimed)::int, {_RECORD_COLUMNS.format(alias="exist
 
     # -- lambda_db.idempotent ------------------------------------------------------------
 
-    def claim(self, cur: Any, key: str, payload_hash: str, ttl: float, sweep: int) -> Claim:
-        """Claim ``key`` in the current transaction, deleting up to ``sweep`` expired rows.
+    def claim(self, cur: Any, key: str, payload_hash: str, ttl: float, sweep: int | None) -> Claim:
+        """Claim ``key`` in the current transaction. ``sweep`` (READ COMMITTED only; ``None``
+        otherwise): also delete up to that many expired rows and read the key's record.
 
         A concurrent claim of the same key makes this wait on the unique index until that
-        transaction ends: committed, the key is not claimed (read the record with
-        :meth:`fetch`); rolled back, it is claimed here.
+        transaction ends: committed, the key is not claimed (its record, committed after
+        this statement's snapshot, is read with :meth:`fetch`); rolled back, it is claimed
+        here.
         """
         params = {"key": key, "hash": payload_hash, "ttl": ttl, "sweep": sweep}
-        if sweep <= 0:
+        if sweep is None:
             cur.execute(self._claim, params)
-            return Claim(cur.fetchone() is not None, 0)
+            return Claim(cur.fetchone() is not None)
         cur.execute(self._claim_and_sweep, params)
-        claimed, swept = cur.fetchone()
-        return Claim(bool(claimed), swept)
+        row = cur.fetchone()
+        claimed, swept = bool(row[0]), int(row[1])
+        return Claim(claimed, swept, None if claimed else _record(row[2:]))
 
     def sweep(self, cur: Any, limit: int) -> int:
         """Delete up to ``limit`` expired rows, oldest first; how many went."""
