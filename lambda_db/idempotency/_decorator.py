@@ -114,7 +114,8 @@ def idempotent(
 
     What happens:
 
-    * a new key runs the handler; its JSON-serialisable result is stored with the claim;
+    * a new key runs the handler; its JSON-serialisable result is stored with the claim
+      (any size: written in statements below RDS Proxy's 16 KB pinning threshold);
     * a repeat of a committed key returns the stored result (decoded from JSON) without
       running the handler;
     * a concurrent duplicate waits (on the key's unique index) for the first invocation's
@@ -122,8 +123,8 @@ def idempotent(
       (:class:`~lambda_db.DeadlineExceededError` then, or the server's ``lock_timeout``
       if the role has one); it then returns the stored result, or runs the handler if the
       first one rolled back. Under ``REPEATABLE READ`` or ``SERIALIZABLE`` the duplicate
-      gets a serialization failure instead: ``retry_serialization_failures=1`` turns that
-      into the stored result;
+      waits, then gets a serialization failure (``40001``) when the first commits:
+      ``retry_serialization_failures=1`` turns that into the stored result;
     * a handler that raises leaves no record (its transaction rolls back): a retry runs;
     * under READ COMMITTED (the default) each claim also deletes at most
       :data:`SWEEP_LIMIT` expired records of other keys, oldest first, through the
