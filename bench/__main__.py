@@ -1,7 +1,7 @@
 """``python -m bench``: run every benchmark and rewrite BENCHMARKS.md.
 
 Sections (``--only`` takes these names): imports, credentials, warm, invocation, drivers,
-sqlalchemy, watchdog, recovery, burst, load. ``--quick`` shrinks every size for a smoke run (its
+sqlalchemy, idempotency, watchdog, recovery, burst, load. ``--quick`` shrinks every size for a smoke run (its
 figures are not the ones to publish).
 """
 
@@ -27,6 +27,7 @@ SECTIONS = (
     "invocation",
     "drivers",
     "sqlalchemy",
+    "idempotency",
     "watchdog",
     "recovery",
     "burst",
@@ -110,6 +111,11 @@ def _run_server_sections(
 
         _say("SQLAlchemy via lambda-db, QueuePool(pool_pre_ping), NullPool")
         results["sqlalchemy"] = sqlalchemy_bench.run(dict(app_db), rounds)
+    if "idempotency" in only:
+        from bench import idempotency_bench
+
+        _say("idempotent: what it adds to a warm invocation")
+        results["idempotency"] = idempotency_bench.run(dict(app_db), rounds)
     if "watchdog" in only:
         from bench.core import watchdog_overhead
 

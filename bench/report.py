@@ -327,6 +327,11 @@ def render(r: Mapping[str, Any]) -> str:
         from bench import sqlalchemy_bench
 
         lines += sqlalchemy_bench.render(orm)
+    once = r.get("idempotency")
+    if once:
+        from bench import idempotency_bench
+
+        lines += idempotency_bench.render(once)
     trip = r.get("no_round_trip")
     if trip:
         lines += [

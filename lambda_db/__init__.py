@@ -4,6 +4,7 @@ See the README for the design; the public API is this list.
 """
 
 from lambda_db._stats import Stats
+from lambda_db.batch import process_batch
 from lambda_db.config import Settings
 from lambda_db.database import Database
 from lambda_db.errors import (
@@ -13,9 +14,11 @@ from lambda_db.errors import (
     ConnectionLostError,
     DatabaseUnavailableError,
     DeadlineExceededError,
+    IdempotencyMismatchError,
     LambdaDbError,
 )
 from lambda_db.handler import default_database, get_connection, reset, with_connection
+from lambda_db.idempotency import idempotent
 
 __all__ = [
     "AuthenticationError",
@@ -25,11 +28,14 @@ __all__ = [
     "Database",
     "DatabaseUnavailableError",
     "DeadlineExceededError",
+    "IdempotencyMismatchError",
     "LambdaDbError",
     "Settings",
     "Stats",
     "default_database",
     "get_connection",
+    "idempotent",
+    "process_batch",
     "reset",
     "with_connection",
 ]

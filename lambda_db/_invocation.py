@@ -156,6 +156,21 @@ class Invocation:
         return self._options is not None and self._options[0]
 
     @property
+    def isolation_level(self) -> str | None:
+        """This invocation's isolation level (``None``: the server's default)."""
+        return None if self._options is None else self._options[1]
+
+    @property
+    def readonly(self) -> bool | None:
+        """True for a read-only transaction (``None``: the server's default)."""
+        return None if self._options is None else self._options[2]
+
+    @property
+    def deferrable(self) -> bool | None:
+        """True for a deferrable transaction (``None``: the server's default)."""
+        return None if self._options is None else self._options[3]
+
+    @property
     def options(self) -> tuple[bool, str | None, bool | None, bool | None] | None:
         """``(autocommit, isolation_level, readonly, deferrable)``, or ``None`` for the
         defaults (a transaction with the server's characteristics)."""

@@ -6,6 +6,7 @@ and the cause is always chained (``raise ... from exc``)::
     LambdaDbError
     ├── ConfigurationError          a variable or option is missing or invalid
     ├── AuthenticationError         the server refused the credentials
+    ├── IdempotencyMismatchError    an idempotency key came back with a different payload
     └── DatabaseUnavailableError    no usable connection within the budget: retry later
         ├── ConnectionLimitError    the server, role or database was full (SQLSTATE 53300)
         └── ConnectionLostError     the connection died while the invocation used it
@@ -32,6 +33,7 @@ __all__ = [
     "ConnectionLostError",
     "DatabaseUnavailableError",
     "DeadlineExceededError",
+    "IdempotencyMismatchError",
     "LambdaDbError",
 ]
 
@@ -54,6 +56,21 @@ class ConfigurationError(LambdaDbError):
 
 class AuthenticationError(LambdaDbError):
     """The server (or RDS Proxy) refused the credentials, after any refresh we could try."""
+
+
+class IdempotencyMismatchError(LambdaDbError):
+    """An idempotency key arrived again with a different payload (:func:`lambda_db.idempotent`).
+
+    The key's first request committed its result; this one carries other data under the
+    same key, so neither replaying that result nor running the handler would be right.
+    Nothing was written (the invocation's transaction rolls back). An HTTP API answers
+    ``422``: the client reused a key for a different request. ``key`` is the stored record's
+    key (the decorated function's name and a hash of the key's value, never the value).
+    """
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DatabaseUnavailableError(LambdaDbError):

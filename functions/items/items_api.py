@@ -10,11 +10,19 @@ Routes (Powertools ``APIGatewayRestResolver``)::
 
 Every response body is JSON. Client mistakes are 4xx ``{"message": ...}``; a database
 that is full, unreachable or lost mid-request is ``503`` with ``Retry-After``, except a
-``POST`` whose COMMIT was cut (its outcome is unknown: ``500``, no ``Retry-After``, so a
-client checks before it retries); anything else is a ``500`` whose body says nothing
-about the cause (the log has the traceback).
+``POST`` without an ``Idempotency-Key`` whose COMMIT was cut (its outcome is unknown:
+``500``, no ``Retry-After``, so a client checks before it retries); anything else is a
+``500`` whose body says nothing about the cause (the log has the traceback).
 The transaction commits when the handler returns and rolls back when it raises
 (``@with_connection``), so no request leaves its connection ``idle in transaction``.
+
+``Idempotency-Key`` (POST and PUT, 1 to 255 printable ASCII characters): the response is
+stored in the request's own transaction (``lambda_db.idempotent``), so a retry with the
+same key gets the original response (the same ``201`` and the same item) and never
+writes twice, even after a COMMIT whose answer was lost; a key reused with another
+method, path or body is a ``422``; a retry that arrives while the first request still
+runs waits for it, up to the role's ``lock_timeout`` (then ``409`` with ``Retry-After``).
+Keys are kept 24 hours.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from lambda_db import (
     ConnectionLimitError,
     ConnectionLostError,
     DatabaseUnavailableError,
+    IdempotencyMismatchError,
+    idempotent,
     with_connection,
 )
 
@@ -56,8 +66,16 @@ TOKEN_VERSION = 1
 #: seconds; a lost connection is replaced on the next request.
 RETRY_AFTER_LIMIT = 5
 RETRY_AFTER_UNAVAILABLE = 1
+#: SQLSTATE of lock_timeout (the application role has one: template.yaml's AppLockTimeoutMs).
+LOCK_NOT_AVAILABLE = "55P03"
 #: Methods a client may repeat safely when a COMMIT's outcome is unknown.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+#: The header that makes a POST or PUT safe to retry, and what it may hold.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_METHODS = frozenset({"POST", "PUT"})
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+#: Seconds a key's response is replayed (clients retry within minutes; a day is generous).
+IDEMPOTENCY_EXPIRES_AFTER = 24 * 60 * 60.0
 
 FIELDS = ("name", "description", "quantity")
 COLUMNS = "id, name, description, quantity, created_at, updated_at"
@@ -161,18 +179,45 @@ def _http_errors(handler: Callable[[Any, Any], dict[str, Any]]) -> Callable[...,
     def wrapper(event: Any, context: Any) -> dict[str, Any]:
         try:
             return handler(event, context)
+        except RequestError as exc:  # a malformed Idempotency-Key
+            return _proxy_response(exc.status, {"message": exc.message})
+        except IdempotencyMismatchError:
+            return _proxy_response(
+                422,
+                {
+                    "message": f"this {IDEMPOTENCY_HEADER} was used for a different request "
+                    "(method, path or body); use a new key for a new request"
+                },
+            )
         except ConnectionLostError as exc:
             method = event.get("httpMethod") if isinstance(event, dict) else None
-            if not exc.outcome_unknown or method in IDEMPOTENT_METHODS:
+            if not exc.outcome_unknown or method in IDEMPOTENT_METHODS or _has_key(event):
+                # With an Idempotency-Key a retry returns what committed, or runs once.
                 return _unavailable(exc)
             # The COMMIT of a create may have happened: a blind retry could duplicate it.
             logger.exception("connection lost during COMMIT")
             return _proxy_response(
-                500, {"message": "the outcome of this request is unknown; check before retrying"}
+                500,
+                {
+                    "message": "the outcome of this request is unknown; check before "
+                    f"retrying (an {IDEMPOTENCY_HEADER} header makes retries safe)"
+                },
             )
         except DatabaseUnavailableError as exc:
             return _unavailable(exc)
-        except Exception:
+        except Exception as exc:
+            if getattr(exc, "pgcode", None) == LOCK_NOT_AVAILABLE:
+                # The role's lock_timeout: a concurrent request holds the row (or the same
+                # Idempotency-Key) longer than it allows. Nothing was written.
+                logger.warning("lock_timeout: %s", exc)
+                return _proxy_response(
+                    409,
+                    {
+                        "message": "a concurrent request on the same item or "
+                        f"{IDEMPOTENCY_HEADER} is still running; retry later"
+                    },
+                    {"Retry-After": str(RETRY_AFTER_UNAVAILABLE)},
+                )
             logger.exception("unhandled error")
             return _proxy_response(500, {"message": "internal error"})
 
@@ -192,13 +237,53 @@ def _unavailable(exc: DatabaseUnavailableError) -> dict[str, Any]:
     )
 
 
+def _idempotency_key(event: Any) -> str | None:
+    """The ``Idempotency-Key`` of a POST or PUT (headers are case-insensitive), or ``None``."""
+    if not isinstance(event, dict) or event.get("httpMethod") not in IDEMPOTENCY_METHODS:
+        return None
+    headers = event.get("headers") or {}
+    wanted = IDEMPOTENCY_HEADER.lower()
+    value = next((v for k, v in headers.items() if str(k).lower() == wanted), None)
+    if value is None or value == "":
+        return None
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_IDEMPOTENCY_KEY_LENGTH
+        or not (value.isascii() and value.isprintable())
+    ):
+        raise RequestError(
+            400,
+            f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} printable ASCII "
+            "characters",
+        )
+    return value
+
+
+def _has_key(event: Any) -> bool:
+    try:
+        return _idempotency_key(event) is not None
+    except RequestError:
+        return False
+
+
+def _request(event: Any) -> list[Any]:
+    """What a key's retries must repeat exactly: method, path and body."""
+    return [
+        event.get("httpMethod"),
+        event.get("path"),
+        event.get("body"),
+        event.get("isBase64Encoded"),
+    ]
+
+
 @logger.inject_lambda_context(
     correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True
 )
 @_http_errors
 @with_connection
+@idempotent(_idempotency_key, payload=_request, expires_after=IDEMPOTENCY_EXPIRES_AFTER)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Lambda entry point: one transaction per request."""
+    """Lambda entry point: one transaction per request (and per Idempotency-Key)."""
     return app.resolve(event, context)
 
 

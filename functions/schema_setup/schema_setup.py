@@ -3,12 +3,15 @@ application role the other functions log in as.
 
 * ``Create`` and ``Update`` run the migration, as the master user (the only code that
   does): idempotent statements in one transaction under an advisory lock, so running it
-  twice, or twice at once, is safe. It creates the ``items`` table (owned by the master
-  user) and the application role named by the ``AppUser`` property:
+  twice, or twice at once, is safe. It creates the ``items`` table and lambda_db's
+  idempotency table (``lambda_db.idempotency.ensure_schema``), both owned by the master
+  user, and the application role named by the ``AppUser`` property:
 
   - ``LOGIN``, no other attribute; ``GRANT rds_iam`` where that role exists (RDS), so it
     logs in with IAM tokens only; ``CONNECT`` on this database, ``USAGE`` on ``public``
-    and ``SELECT, INSERT, UPDATE, DELETE`` on ``items``: no DDL, not the owner;
+    and ``SELECT, INSERT, UPDATE, DELETE`` on ``items`` and on the idempotency table (the
+    items API's ``Idempotency-Key`` and the item import's per-message keys): no DDL, not
+    the owner;
   - no temporary tables (``TEMPORARY`` revoked from ``PUBLIC`` on this database): they
     would pin RDS Proxy sessions;
   - role defaults ``statement_timeout``, ``lock_timeout`` and
@@ -55,6 +58,7 @@ from psycopg2 import sql
 
 import lambda_db
 from lambda_db import with_connection
+from lambda_db.idempotency import DEFAULT_TABLE, ensure_schema
 
 logger = Logger()
 
@@ -67,7 +71,7 @@ APP_PASSWORD_VARIABLE = "APP_DB_PASSWORD"  # noqa: S105 - a variable name
 RDS_IAM_ROLE = "rds_iam"
 #: The privileges the application role gets on the tables, and nothing else.
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
-TABLES = ("items",)
+TABLES = ("items", DEFAULT_TABLE)
 #: Role names the template allows (AppDbUser's AllowedPattern).
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 #: Bounds of the timeout properties, in milliseconds (0 would mean "no timeout").
@@ -184,6 +188,7 @@ def migrate(event: dict[str, Any], context: LambdaContext) -> AppRole:
     with conn.cursor() as cur:
         cur.execute(_LOCK)
         cur.execute(_TABLE)
+        ensure_schema(conn)
         _ensure_role(cur, role)
         _grant(cur, role)
         password = os.environ.get(APP_PASSWORD_VARIABLE, "")

@@ -31,6 +31,7 @@ FUNCTION_BY_PREFIX = {
     "stock-": "StockFunction",
     "connection-report": "ConnectionReportFunction",
     "schema-": "SchemaSetupFunction",
+    "item-import-": "ItemImportFunction",
 }
 #: The variables env.json points at a database; the tests aim them at their own.
 DB_VARIABLES = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_AUTH_MODE")

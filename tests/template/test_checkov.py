@@ -46,6 +46,12 @@ EXPECTED_SKIPS = {
     ("CKV_AWS_116", "AWS::Lambda::Function.StockFunction"),
     ("CKV_AWS_115", "AWS::Lambda::Function.StockFunction"),
     ("CKV_AWS_173", "AWS::Lambda::Function.StockFunction"),
+    ("CKV_AWS_27", "AWS::SQS::Queue.ItemImportQueue"),
+    ("CKV_AWS_27", "AWS::SQS::Queue.ItemImportDeadLetterQueue"),
+    ("CKV_AWS_116", "AWS::Lambda::Function.ItemImportFunction"),
+    ("CKV_AWS_115", "AWS::Lambda::Function.ItemImportFunction"),
+    ("CKV_AWS_173", "AWS::Lambda::Function.ItemImportFunction"),
+    ("CKV_AWS_158", "AWS::Logs::LogGroup.ItemImportLogGroup"),
 }
 #: A reason is a sentence or more, not a placeholder.
 MIN_REASON_LENGTH = 60

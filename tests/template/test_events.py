@@ -137,6 +137,7 @@ ITEMS_EVENTS: dict[str, tuple[Callable[[dict[str, Any]], None], int]] = {
     "items-list-bad-token.json": (client_error(400, "next_token"), 3),
     "items-list-bad-limit.json": (client_error(400, "limit"), 3),
     "items-create.json": (check_create, 4),
+    "items-create-idempotent.json": (check_create, 4),
     "items-create-malformed.json": (client_error(400, "not valid JSON"), 3),
     "items-create-wrong-types.json": (client_error(400, "name must be a string"), 3),
     "items-create-missing-name.json": (client_error(400, "name is required"), 3),
@@ -145,11 +146,13 @@ ITEMS_EVENTS: dict[str, tuple[Callable[[dict[str, Any]], None], int]] = {
     "items-get-unknown.json": (client_error(404, "999999"), 3),
     "items-get-bad-id.json": (client_error(400, "positive integer"), 3),
     "items-update.json": (check_update, 3),
+    "items-update-idempotent.json": (check_update, 3),
     "items-update-unknown.json": (client_error(404, "999999"), 3),
     "items-delete.json": (check_delete, 2),
 }
 OTHER_EVENTS = {
     "connection-report.json",
+    "item-import-batch.json",  # tests/template/test_item_import.py
     "schema-create.json",
     "schema-update.json",
     "schema-delete.json",

@@ -218,3 +218,24 @@ def test_the_local_password_never_reaches_the_server_in_clear(
     assert f'ALTER ROLE "{app_role.name}" PASSWORD \'SCRAM-SHA-256$' in sent
     assert app_role.password not in sent
     assert app_role.password not in app_db.pg.statement_log_path.read_text(errors="replace")
+
+
+def test_the_schema_setup_creates_the_idempotency_table_for_the_app_role(
+    app_conn: Any, app_db: AppDb, app_role: AppRole
+) -> None:
+    (owner, privileges) = app_db.query(
+        "SELECT tableowner, (SELECT array_agg(privilege_type::text ORDER BY privilege_type)"
+        "  FROM information_schema.role_table_grants"
+        " WHERE grantee = %s AND table_name = 'lambda_db_idempotency')"
+        "  FROM pg_tables WHERE tablename = 'lambda_db_idempotency'",
+        (app_role.name,),
+    )[0]
+    assert owner == app_db.role  # the master user's, not the application role's
+    assert privileges == ["DELETE", "INSERT", "SELECT", "UPDATE"]
+    with app_conn.cursor() as cur:  # what lambda_db.idempotent sends, as the app role
+        cur.execute(
+            "INSERT INTO lambda_db_idempotency (key, expires_at) VALUES ('k', now())"
+            " ON CONFLICT (key) DO UPDATE SET result = '1' RETURNING 1"
+        )
+        cur.execute("DELETE FROM lambda_db_idempotency WHERE expires_at <= now()")
+    app_conn.rollback()

@@ -125,12 +125,14 @@ def test_functions_log_in_as_the_app_role_and_only_the_schema_setup_as_master(
         "StockFunction",
         "ConnectionReportFunction",
         "SchemaSetupFunction",
+        "ItemImportFunction",
     }
     expected_user = {
         "ItemsFunction": "AppDbUser",
         "StockFunction": "AppDbUser",
         "ConnectionReportFunction": "AppDbUser",
         "SchemaSetupFunction": "DbUser",
+        "ItemImportFunction": "AppDbUser",
     }
     for name, function in functions.items():
         env = function_env(template, name)
@@ -141,7 +143,12 @@ def test_functions_log_in_as_the_app_role_and_only_the_schema_setup_as_master(
         assert env["DB_USER"] == {"Ref": expected_user[name]}, name
         # rds-db:connect names that user, on this proxy, and nothing else.
         (policy,) = function["Properties"]["Policies"]
-        (statement,) = policy["Statement"]
+        statement, *others = policy["Statement"]
+        assert [o["Action"] for o in others] == (
+            [["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"]]
+            if name == "ItemImportFunction"
+            else []
+        ), name
         assert statement == {
             "Effect": "Allow",
             "Action": "rds-db:connect",
@@ -240,16 +247,24 @@ def test_function_roles_hold_only_what_they_use(transformed: dict[str, Any]) -> 
         "StockFunctionRole",
         "ConnectionReportFunctionRole",
         "SchemaSetupFunctionRole",
+        "ItemImportFunctionRole",
     }
     for name, role in roles.items():
         actions = {
-            statement["Action"]
+            action
             for policy in role["Properties"].get("Policies", [])
             for statement in policy["PolicyDocument"]["Statement"]
+            for action in (
+                statement["Action"]
+                if isinstance(statement["Action"], list)
+                else [statement["Action"]]
+            )
         }
         expected = {"rds-db:connect"}
         if name == "ConnectionReportFunctionRole":
             expected.add("sqs:SendMessage")  # its on-failure destination
+        if name == "ItemImportFunctionRole":  # its event source mapping, on its queue
+            expected |= {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}
         assert actions == expected, name
         managed = {str(arn).rsplit("/", 1)[-1] for arn in role["Properties"]["ManagedPolicyArns"]}
         assert managed == {
@@ -269,6 +284,7 @@ def test_every_log_group_is_declared_with_a_retention(transformed: dict[str, Any
         "StockLogGroup",
         "ConnectionReportLogGroup",
         "SchemaSetupLogGroup",
+        "ItemImportLogGroup",
         "ApiAccessLogGroup",
     }
     for name, group in groups.items():
