@@ -1,8 +1,8 @@
 """``python -m bench``: run every benchmark and rewrite BENCHMARKS.md.
 
 Sections (``--only`` takes these names): imports, credentials, warm, invocation, drivers,
-sqlalchemy, idempotency, watchdog, recovery, burst, load. ``--quick`` shrinks every size for a smoke run (its
-figures are not the ones to publish).
+sqlalchemy, idempotency, watchdog, recovery, burst, load. ``--quick`` shrinks every size
+for a smoke run (its figures are not the ones to publish).
 """
 
 from __future__ import annotations
