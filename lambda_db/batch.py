@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lambda_db._classify import brief, conflict
+from lambda_db._driver import INERROR
 from lambda_db.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ def process_batch(
                 cur.execute(pending)
             try:
                 record_handler(record)
+                _check_not_aborted(driver, conn)
             except Exception as exc:
                 if driver.closed(conn) or conflict(exc, driver):
                     raise  # no savepoint repairs these: the whole batch fails
@@ -138,6 +140,21 @@ def process_batch(
     if failures:
         db.emit("BatchItemFailures", len(failures))
     return {"batchItemFailures": failures}
+
+
+class AbortedRecordError(Exception):
+    """A record handler swallowed a database error: the record counts as failed."""
+
+
+def _check_not_aborted(driver: Any, conn: Any) -> None:
+    """A record handler that caught a database error and returned left the transaction
+    aborted: its later statements did nothing, and the next record's ``RELEASE`` would fail.
+    That is the record's failure (and the savepoint repairs it)."""
+    if driver.status(conn) == INERROR:
+        raise AbortedRecordError(
+            "the record handler returned after a database error it caught: its statements "
+            "were rolled back"
+        )
 
 
 def _fifo(record: Mapping[str, Any]) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime
 import functools
 import json
@@ -181,6 +182,8 @@ def _http_errors(handler: Callable[[Any, Any], dict[str, Any]]) -> Callable[...,
             return handler(event, context)
         except RequestError as exc:  # a malformed Idempotency-Key
             return _proxy_response(exc.status, {"message": exc.message})
+        except ClientErrorResponse as refused:  # a 4xx: rolled back, its key not spent
+            return refused.response
         except IdempotencyMismatchError:
             return _proxy_response(
                 422,
@@ -206,7 +209,8 @@ def _http_errors(handler: Callable[[Any, Any], dict[str, Any]]) -> Callable[...,
         except DatabaseUnavailableError as exc:
             return _unavailable(exc)
         except Exception as exc:
-            if getattr(exc, "pgcode", None) == LOCK_NOT_AVAILABLE:
+            info = lambda_db.default_database().driver.error_info(exc)
+            if info is not None and info.sqlstate == LOCK_NOT_AVAILABLE:
                 # The role's lock_timeout: a concurrent request holds the row (or the same
                 # Idempotency-Key) longer than it allows. Nothing was written.
                 logger.warning("lock_timeout: %s", exc)
@@ -244,10 +248,11 @@ def _idempotency_key(event: Any) -> str | None:
     headers = event.get("headers") or {}
     wanted = IDEMPOTENCY_HEADER.lower()
     value = next((v for k, v in headers.items() if str(k).lower() == wanted), None)
-    if value is None or value == "":
+    if value is None:
         return None
     if (
         not isinstance(value, str)
+        or not value
         or len(value) > MAX_IDEMPOTENCY_KEY_LENGTH
         or not (value.isascii() and value.isprintable())
     ):
@@ -267,13 +272,23 @@ def _has_key(event: Any) -> bool:
 
 
 def _request(event: Any) -> list[Any]:
-    """What a key's retries must repeat exactly: method, path and body."""
-    return [
-        event.get("httpMethod"),
-        event.get("path"),
-        event.get("body"),
-        event.get("isBase64Encoded"),
-    ]
+    """What a key's retries must repeat: method, path and body. A JSON body counts by its
+    content (key order and spacing may differ between retries), anything else by its text."""
+    body = event.get("body")
+    if isinstance(body, str) and not event.get("isBase64Encoded"):
+        # Not JSON: the handler answers 400, and a retry must send the same text.
+        with contextlib.suppress(ValueError, RecursionError):
+            body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"))
+    return [event.get("httpMethod"), event.get("path"), body, event.get("isBase64Encoded")]
+
+
+class ClientErrorResponse(Exception):
+    """A 4xx answer, raised so that the invocation rolls back and stores no idempotency
+    record: a client who fixes a refused request may retry it with the same key."""
+
+    def __init__(self, response: dict[str, Any]) -> None:
+        super().__init__(response.get("statusCode"))
+        self.response = response
 
 
 @logger.inject_lambda_context(
@@ -284,7 +299,10 @@ def _request(event: Any) -> list[Any]:
 @idempotent(_idempotency_key, payload=_request, expires_after=IDEMPOTENCY_EXPIRES_AFTER)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point: one transaction per request (and per Idempotency-Key)."""
-    return app.resolve(event, context)
+    response = app.resolve(event, context)
+    if 400 <= int(response.get("statusCode", 200)) < 500:
+        raise ClientErrorResponse(response)
+    return response
 
 
 # --------------------------------------------------------------------------- helpers

@@ -191,7 +191,13 @@ def idempotent(
                 # rolls back (the claim too) and says so.
                 return result
             with conn.cursor() as cur:
-                store.store(cur, record_key, text)
+                if not store.store(cur, record_key, text):
+                    raise LambdaDbError(
+                        f"idempotency key {record_key}: the handler ended the invocation's "
+                        "transaction itself (conn.commit(), session.commit(), a rollback), "
+                        "which separated its writes from their record; under @idempotent the "
+                        "invocation commits, once, when the handler returns"
+                    )
             return result
 
         return wrapper  # type: ignore[return-value]
@@ -246,8 +252,10 @@ def _replay(db: Database, record: Record, key: str, payload_hash: str) -> Any:
         )
     if record.result is None:
         raise LambdaDbError(
-            f"idempotency key {key} is claimed in this very transaction and has no result "
-            "yet: an idempotent function called itself (or another with the same key)"
+            f"idempotency key {key} is claimed without a result: an idempotent function "
+            "called itself (or another with the same key) in this transaction, or an earlier "
+            "invocation ended its transaction itself (conn.commit(), session.commit()) and "
+            "committed the claim without its result; the key stays claimed until it expires"
         )
     _count("replays")
     db.emit("IdempotentReplays")
@@ -340,15 +348,28 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: The largest result ``idempotent`` stores (its JSON, bytes): DynamoDB's item limit, which
+#: Powertools' idempotency users know. It keeps the pieces it is written in few (each
+#: statement stays under RDS Proxy's 16 KB pinning threshold).
+MAX_RESULT_BYTES = 400 * 1024
+
+
 def _serialise(result: Any, func: Callable[..., Any]) -> str:
+    name = getattr(func, "__qualname__", repr(func))
     try:
-        return json.dumps(result, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(result, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        name = getattr(func, "__qualname__", repr(func))
         raise TypeError(
             f"the result of idempotent {name} must be JSON-serialisable (it is stored and "
             f"returned to repeats): {exc}; the invocation's writes are rolled back"
         ) from exc
+    if len(text) > MAX_RESULT_BYTES:  # json.dumps escapes to ASCII: characters are bytes
+        raise LambdaDbError(
+            f"the result of idempotent {name} is {len(text):,} bytes of JSON; idempotent "
+            f"stores at most {MAX_RESULT_BYTES:,} (return a reference to the data, not the "
+            "data); the invocation's writes are rolled back"
+        )
+    return text
 
 
 def _count(counter: str) -> None:

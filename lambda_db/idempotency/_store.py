@@ -14,11 +14,12 @@ Example::
     >>> Store("lambda_db_idempotency").table
     '"lambda_db_idempotency"'
     >>> Store("app.idempotency").index
-    '"idempotency_expires_at"'
+    '"idempotency_2dbe6ca7_expires_at"'
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +101,10 @@ class Store:
         parts = check_table_name(table)
         self.name = table
         self.table = ".".join(f'"{part}"' for part in parts)
-        self.index = f'"{parts[-1][:52]}_expires_at"'
+        # Two long names sharing a prefix must not share an index name (the second CREATE
+        # INDEX IF NOT EXISTS would find the first's and create nothing).
+        suffix = hashlib.sha256(table.encode()).hexdigest()[:8]
+        self.index = f'"{parts[-1][:40]}_{suffix}_expires_at"'
         t = self.table
         self._schema = (
             _LOCK,
@@ -139,7 +143,10 @@ class Store:
         SELECT key FROM {t}
          WHERE expires_at <= now() AND key <> %(key)s
          ORDER BY expires_at
-         LIMIT %(sweep)s
+         -- A role's or database's default isolation level is invisible to the client:
+         -- the server decides (under REPEATABLE READ a sweep could meet 40001).
+         LIMIT CASE WHEN current_setting('transaction_isolation') = 'read committed'
+                    THEN %(sweep)s ELSE 0 END
            FOR UPDATE SKIP LOCKED)
     RETURNING 1
 ), claimed AS (
@@ -156,7 +163,11 @@ SELECT (SELECT count(*) FROM claimed)::int, (SELECT count(*) FROM swept)::int,
             f"SELECT {_RECORD_COLUMNS.format(alias='r')} FROM {t} AS r"
             " WHERE r.key = %(key)s AND r.expires_at > now()"
         )
-        self._store_first = f"UPDATE {t} SET result = %(chunk)s WHERE key = %(key)s"
+        # created_at = now(): the claim's own transaction (now() is the transaction's start);
+        # no row means the handler ended the invocation's transaction itself.
+        self._store_first = (
+            f"UPDATE {t} SET result = %(chunk)s WHERE key = %(key)s AND created_at = now()"
+        )
         self._store_more = f"UPDATE {t} SET result = result || %(chunk)s WHERE key = %(key)s"
         # The Powertools adapter's statements.
         self._put = f"""WITH claimed AS (
@@ -226,10 +237,13 @@ SELECT (SELECT count(*) FROM claimed)::int, {_RECORD_COLUMNS.format(alias="exist
         return None if row is None else _record(row)
 
     def store(self, cur: Any, key: str, result: str) -> int:
-        """Write ``result`` (JSON text) into the claimed row, in statements of at most
-        :data:`CHUNK_CHARS` characters of it; returns the number of statements."""
+        """Write ``result`` (JSON text) into the row this transaction claimed, in statements
+        of at most :data:`CHUNK_CHARS` characters of it; returns the number of statements.
+        False (nothing written) when the row is not this transaction's claim."""
         chunks = _chunks(result)
         cur.execute(self._store_first, {"key": key, "chunk": chunks[0]})
+        if cur.rowcount != 1:
+            return 0
         for chunk in chunks[1:]:
             cur.execute(self._store_more, {"key": key, "chunk": chunk})
         return len(chunks)

@@ -110,6 +110,7 @@ def assert_cut_in_time_then_recovered(
     ``expected`` before the function's deadline, the next one (path healed) succeeded, and
     the ledger shows nothing lost, duplicated or half-committed."""
     doomed, after = outcomes[-2], outcomes[-1]
+    print(f"figure: {doomed.error} after {doomed.elapsed:.3f} s of a {timeout:g} s function")
     assert not overran, (
         f"the invocation ran past its {timeout:g} s deadline (stopped by healing the path "
         f"{OVERRUN_GRACE:g} s later): {doomed}"

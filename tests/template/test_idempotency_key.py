@@ -176,3 +176,27 @@ def key_of_create() -> str:
 
     value = load_event(CREATE)["headers"]["Idempotency-Key"]
     return f"{KEY_PREFIX}items_api.handler#{_digest(value)}"
+
+
+def test_a_refused_request_spends_no_key(schema: None, run: Run, app_db: AppDb) -> None:
+    """A 400 stores nothing: the client fixes the request and retries with the same key."""
+    bad = run(CREATE, event=with_key(CREATE, "k-400", body=json.dumps({"name": ""})))
+    assert bad["statusCode"] == 400
+    fixed = run(CREATE, event=with_key(CREATE, "k-400"), close_connections=False)
+    assert fixed["statusCode"] == 201
+
+
+def test_the_same_json_in_another_order_is_the_same_request(
+    schema: None, run: Run, app_db: AppDb
+) -> None:
+    doc = {"name": "Widget", "quantity": 3}
+    first = run(CREATE, event=with_key(CREATE, "k-order", body=json.dumps(doc)))
+    reordered = json.dumps(dict(reversed(list(doc.items()))), indent=1)
+    again = run(CREATE, event=with_key(CREATE, "k-order", body=reordered))
+    assert (first["statusCode"], again["statusCode"]) == (201, 201)
+    assert again["body"] == first["body"]  # the stored answer, not a second item
+    assert app_db.query("SELECT count(*) FROM items") == [(1,)]
+
+
+def test_an_empty_key_is_a_400(schema: None, run: Run) -> None:
+    assert run(CREATE, event=with_key(CREATE, ""))["statusCode"] == 400
