@@ -21,6 +21,7 @@ __all__ = [
     "classify_connect_error",
     "conflict",
     "disconnected",
+    "driver_error",
     "is_disconnect",
 ]
 
@@ -216,16 +217,23 @@ def brief(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def driver_error(exc: BaseException | None, driver: Driver) -> ErrorInfo | None:
+    """What the first driver exception in ``exc``'s ``__cause__`` chain says: ``exc``
+    itself, or what a library (SQLAlchemy) or the handler wrapped ``from`` it."""
+    seen = exc
+    for _ in range(8):  # a cause chain is short; a cycle must not loop forever
+        if seen is None:
+            return None
+        info = driver.error_info(seen)
+        if info is not None:
+            return info
+        seen = seen.__cause__
+    return None
+
+
 def conflict(exc: BaseException, driver: Driver) -> bool:
     """True when ``exc``, or an exception in its ``__cause__`` chain, is a serialization
     failure (``40001``) or a deadlock (``40P01``): running the transaction again may succeed.
     """
-    seen: BaseException | None = exc
-    for _ in range(8):  # a cause chain is short; a cycle must not loop forever
-        if seen is None:
-            return False
-        info = driver.error_info(seen)
-        if info is not None and info.sqlstate in (SERIALIZATION_FAILURE, DEADLOCK_DETECTED):
-            return True
-        seen = seen.__cause__
-    return False
+    info = driver_error(exc, driver)
+    return info is not None and info.sqlstate in (SERIALIZATION_FAILURE, DEADLOCK_DETECTED)

@@ -29,7 +29,7 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
-from lambda_db._classify import brief, disconnected
+from lambda_db._classify import brief, disconnected, driver_error
 from lambda_db._deadline import Deadline, remaining_seconds
 from lambda_db._driver import CLOSED, INERROR, Driver
 from lambda_db._socket import Transport
@@ -316,11 +316,12 @@ class Invocation:
         assert driver is not None  # set at checkout, with conn
         try:
             if transport is not None and transport.was_cut:
-                # A driver error after the cut: a statement was waiting for the server.
-                waiting = exc is not None and driver.error_info(exc) is not None
+                # A driver error after the cut (itself, or the cause of what a library such
+                # as SQLAlchemy raised): a statement was waiting for the server.
+                waiting = driver_error(exc, driver) is not None
                 raise self._cut(waiting=waiting) from exc
             if exc is not None:
-                if driver.closed(conn) or disconnected(driver.error_info(exc)):
+                if driver.closed(conn) or disconnected(driver_error(exc, driver)):
                     raise self._lost(exc, during="the invocation") from exc
                 self._rollback(conn)
                 return

@@ -93,7 +93,14 @@ class PsycopgDriver:
         # Called with the conninfo alone: 3.2-3.3.4 also took a ``timeout`` here, 3.3.5+ moved
         # it to the waiting function; the deadline kept by _drive is the only one either way.
         gen = psycopg.Connection._connect_gen(make_conninfo("", **params))
-        conn = _drive(gen, deadline)
+        try:
+            conn = _drive(gen, deadline)
+        except psycopg.Error as exc:
+            # psycopg attaches the finished PGconn to a connect error, and its repr and
+            # ``password`` hold the password (an IAM token): it must not travel up the
+            # cause chain of lambda-db's errors.
+            exc._pgconn = None
+            raise
         conn.prepare_threshold = None  # named prepared statements pin RDS Proxy
         return conn
 
@@ -102,9 +109,9 @@ class PsycopgDriver:
             return None
         message = str(exc)
         operational = isinstance(exc, psycopg.OperationalError)
-        closed = isinstance(exc, psycopg.InterfaceError) or (
-            operational and message == _CLOSED_WORDING
-        )
+        # Only the connection's own "closed" verdict: an InterfaceError such as "the cursor
+        # is closed" is the handler's mistake on a healthy connection.
+        closed = operational and message == _CLOSED_WORDING
         return ErrorInfo(exc.sqlstate, message, operational, closed)
 
     def closed(self, conn: psycopg.Connection[Any]) -> bool:

@@ -58,7 +58,9 @@ class Psycopg2Driver:
             exc.pgcode,
             str(exc),
             isinstance(exc, psycopg2.OperationalError),
-            isinstance(exc, psycopg2.InterfaceError),
+            # "connection already closed"; not "cursor already closed" (the handler's
+            # mistake on a healthy connection).
+            isinstance(exc, psycopg2.InterfaceError) and str(exc).startswith("connection"),
         )
 
     def closed(self, conn: ext.connection) -> bool:

@@ -231,3 +231,16 @@ def test_the_benchmarks_wire_counter_sees_statements_and_named_prepares(app_db: 
     assert wire[psycopg_driver.NAIVE_PG2] == expected
     assert wire[psycopg_driver.NAIVE_PG3_UNPREPARED] == expected
     assert wire[psycopg_driver.NAIVE_PG3] == expected | {"named": 1}
+
+
+def test_a_refused_login_carries_no_password_in_its_cause_chain(items_db: AppDb) -> None:
+    """psycopg attaches the finished PGconn (password included) to a connect error."""
+    secret = "not-the-password-" + items_db.password
+    db = Database(items_db.settings.replace(password=secret))
+    with pytest.raises(lambda_db.AuthenticationError) as info:
+        db.get_connection()
+    seen: BaseException | None = info.value
+    while seen is not None:
+        assert getattr(seen, "pgconn", None) is None
+        assert secret not in repr(seen) and secret not in str(seen)
+        seen = seen.__cause__ or seen.__context__

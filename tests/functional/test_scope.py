@@ -296,3 +296,19 @@ def test_a_nested_decorator_joins_the_invocation_in_progress(env_db: AppDb) -> N
 
     with pytest.raises(lambda_db.ConfigurationError, match="outer decorator"):
         plain({}, LambdaContext())
+
+
+def test_a_cursor_used_after_close_is_the_handlers_error_not_a_lost_connection(
+    env_db: AppDb,
+) -> None:
+    @with_connection
+    def handler(event: object, context: object) -> None:
+        cur = lambda_db.get_connection().cursor()
+        cur.close()
+        cur.execute("SELECT 1")  # the driver's InterfaceError: the cursor, not the link
+
+    with pytest.raises(Exception, match="closed") as info:
+        handler({}, LambdaContext())
+    assert not isinstance(info.value, lambda_db.ConnectionLostError)
+    stats = lambda_db.default_database().stats
+    assert (stats.connections_lost, stats.connects) == (0, 1)  # the connection was kept
