@@ -53,10 +53,11 @@ def create_engine(database: Database | None = None, **kwargs: Any) -> Engine:
     Nothing is sent at checkin.
 
     Inside an invocation scope every ``Connection`` and ``Session`` on the engine joins the
-    invocation's one transaction, which the scope commits when the handler returns: their
-    ``commit()`` sends ``RELEASE SAVEPOINT`` (they run in a savepoint of their own), their
-    ``rollback()`` or a close without commit ``ROLLBACK TO SAVEPOINT`` (undoing their own
-    work only). Outside a scope, SQLAlchemy's own rules hold, with one connection: a second
+    invocation's one transaction, which the scope commits when the handler returns. Each
+    runs in a savepoint of its own (only ``with_session``'s session, begun first, is the
+    invocation's transaction itself): its ``commit()`` sends ``RELEASE SAVEPOINT``, its
+    ``rollback()`` or a close without commit ``ROLLBACK TO SAVEPOINT``, undoing its own
+    work only. Outside a scope, SQLAlchemy's own rules hold, with one connection: a second
     ``Connection`` or ``Session`` checked out while the first is still out raises
     :class:`~lambda_db.LambdaDbError`.
 

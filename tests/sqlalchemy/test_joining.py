@@ -20,7 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from lambda_db import LambdaDbError, with_connection
+from lambda_db import LambdaDbError, idempotent, with_connection
+from lambda_db.idempotency import ensure_schema
 from lambda_db.sqlalchemy import with_session
 from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
@@ -85,6 +86,33 @@ def test_a_session_of_the_handlers_own_commits_with_the_invocation(
     assert ids(env_db) == []  # the other session's commit was not the invocation's
     handler({}, LambdaContext())
     assert ids(env_db) == ["injected", "other"]
+
+
+def test_idempotent_under_with_session_stores_its_record_with_the_sessions_writes(
+    warm: Engine, env_db: AppDb
+) -> None:
+    """``session.commit()`` in the handler used to send COMMIT, separating the writes from
+    the idempotency record (which ``@idempotent`` refuses); now it joins the invocation."""
+    conn = env_db.connect()
+    try:
+        with conn:
+            ensure_schema(conn)
+    finally:
+        conn.close()
+    runs: list[str] = []
+
+    @with_session(warm)
+    @idempotent("id")
+    def handler(event: dict[str, str], context: Any, session: Session) -> dict[str, str]:
+        runs.append(event["id"])
+        session.add(Item(id=event["id"]))
+        session.commit()
+        return {"created": event["id"]}
+
+    assert handler({"id": "a"}, LambdaContext()) == {"created": "a"}
+    assert handler({"id": "a"}, LambdaContext()) == {"created": "a"}  # replayed
+    assert runs == ["a"]
+    assert ids(env_db) == ["a"]
 
 
 # -- inside with_connection ----------------------------------------------------------------
