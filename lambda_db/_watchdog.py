@@ -28,8 +28,7 @@ Example::
 
     >>> import socket, time
     >>> a, b = socket.socketpair()
-    >>> from lambda_db._classify import brief
-from lambda_db._socket import Transport
+    >>> from lambda_db._socket import Transport
     >>> dog, transport = Watchdog(), Transport(a.fileno())
     >>> dog.arm(transport, time.monotonic() + 0.05)
     >>> a.recv(1)                        # blocks until the watchdog shuts the socket down
