@@ -32,11 +32,17 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from lambda_db.config import Settings
 
-__all__ = ["Deadline", "remaining_seconds"]
+__all__ = ["Deadline", "LambdaContext", "remaining_seconds"]
+
+
+class LambdaContext(Protocol):
+    """The part of the Lambda context object we use."""
+
+    def get_remaining_time_in_millis(self) -> int: ...
 
 
 class Deadline:

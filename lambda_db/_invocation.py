@@ -27,16 +27,16 @@ from __future__ import annotations
 import logging
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from lambda_db._classify import brief, disconnected, driver_error
-from lambda_db._deadline import Deadline, remaining_seconds
+from lambda_db._deadline import Deadline, LambdaContext, remaining_seconds
 from lambda_db._driver import CLOSED, INERROR, Driver
+from lambda_db._options import check_options
 from lambda_db._socket import Transport
 from lambda_db._watchdog import WATCHDOG
 from lambda_db.config import DEFAULT_DEADLINE_MARGIN
 from lambda_db.errors import (
-    ConfigurationError,
     ConnectionLostError,
     DatabaseUnavailableError,
     DeadlineExceededError,
@@ -49,47 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["Invocation", "LambdaContext", "check_options"]
 
 logger = logging.getLogger(__name__)
-
-
-class LambdaContext(Protocol):
-    """The part of the Lambda context object we use."""
-
-    def get_remaining_time_in_millis(self) -> int: ...
-
-
-#: PostgreSQL's isolation levels (``isolation_level=``, any case).
-ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
-
-
-def check_options(
-    autocommit: bool, isolation_level: str | None, readonly: bool | None, deferrable: bool | None
-) -> None:
-    """Refuse what cannot be honoured: an unknown isolation level, or options that would
-    need ``SET`` (which pins RDS Proxy).
-
-    >>> check_options(True, None, None, None)
-    >>> check_options(True, "SERIALIZABLE", None, None)
-    Traceback (most recent call last):
-    lambda_db.errors.ConfigurationError: autocommit=True runs no transaction, ...
-    >>> check_options(False, "SERIALISABLE", None, None)
-    Traceback (most recent call last):
-    lambda_db.errors.ConfigurationError: isolation_level must be one of ...
-    """
-    if isolation_level is not None and (
-        not isinstance(isolation_level, str) or isolation_level.upper() not in ISOLATION_LEVELS
-    ):
-        raise ConfigurationError(
-            f"isolation_level must be one of {', '.join(ISOLATION_LEVELS)}, got "
-            f"{isolation_level!r}",
-            variable="isolation_level",
-        )
-    if autocommit and (isolation_level, readonly, deferrable) != (None, None, None):
-        raise ConfigurationError(
-            "autocommit=True runs no transaction, so isolation_level, readonly and "
-            "deferrable cannot apply (the driver would need SET default_transaction_*, "
-            "which pins RDS Proxy)",
-            variable="autocommit",
-        )
 
 
 class Invocation:

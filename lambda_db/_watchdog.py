@@ -43,7 +43,9 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 
+from lambda_db._classify import brief
 from lambda_db._socket import Transport
 
 __all__ = ["WATCHDOG", "Watchdog"]
@@ -89,6 +91,31 @@ class Watchdog:
         with self._lock:
             transport.cut_at = None
             return transport.was_cut
+
+    def bounded(
+        self,
+        transport: Transport,
+        action: Callable[[], object],
+        seconds: float,
+        *,
+        lost: Callable[[BaseException], bool],
+        why: str,
+    ) -> str | None:
+        """Run one round trip (``action``) cut after ``seconds``: ``None`` when it went well,
+        else why the connection must go (no answer in time, or an error ``lost`` says means
+        the link is gone). Any other error propagates."""
+        self.arm(transport, time.monotonic() + seconds)
+        try:
+            action()
+        except Exception as exc:
+            fired = self.disarm(transport)
+            if fired or lost(exc):
+                cause = f"no answer in {seconds:.2f} s" if fired else brief(exc)
+                return f"{why} failed ({cause})"
+            raise
+        if self.disarm(transport):
+            return f"{why} cut at the deadline"
+        return None
 
     def _start(self) -> None:
         thread = threading.Thread(target=self._run, name="lambda-db-watchdog", daemon=True)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from lambda_db import _lifecycle, _powertools
 from lambda_db._backoff import Backoff
-from lambda_db._classify import brief, disconnected
+from lambda_db._classify import disconnected
 from lambda_db._connect import connect_with_retry
 from lambda_db._credentials import CredentialProvider, make_provider
 from lambda_db._deadline import Deadline
@@ -302,20 +302,16 @@ class Database:
         wait = min(self.settings.connect_timeout, deadline.left())
         if wait <= 0:
             return None if no_time is None else f"{why} skipped ({no_time})"
-        transport = self._transport
-        assert transport is not None  # set together with the connection
-        WATCHDOG.arm(transport, time.monotonic() + wait)
-        try:
-            action(conn)
-        except Exception as exc:
-            fired = WATCHDOG.disarm(transport)
-            if fired or self.driver.closed(conn) or disconnected(self.driver.error_info(exc)):
-                cause = f"no answer in {wait:.2f} s" if fired else brief(exc)
-                return f"{why} failed ({cause})"
-            raise
-        if WATCHDOG.disarm(transport):
-            return f"{why} cut at the deadline"
-        return None
+        assert self._transport is not None  # set together with the connection
+        return WATCHDOG.bounded(
+            self._transport, lambda: action(conn), wait, lost=self._lost_link(conn), why=why
+        )
+
+    def _lost_link(self, conn: Any) -> Callable[[BaseException], bool]:
+        def lost(exc: BaseException) -> bool:
+            return self.driver.closed(conn) or disconnected(self.driver.error_info(exc))
+
+        return lost
 
     def _open(self, deadline: Deadline) -> Any:
         result = connect_with_retry(

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from lambda_db._classify import conflict
-from lambda_db._invocation import Invocation, check_options
+from lambda_db._invocation import Invocation
+from lambda_db._options import check_options
 from lambda_db.database import Connection, Database
 from lambda_db.errors import ConfigurationError
 

@@ -22,6 +22,8 @@ import socket
 import threading
 import time
 
+from lambda_db_lab.pairs import serve_pairs
+
 __all__ = ["DelayRelay"]
 
 
@@ -36,7 +38,12 @@ class DelayRelay:
         self.port: int = self._listener.getsockname()[1]
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
-        threading.Thread(target=self._accept_loop, name="delay-accept", daemon=True).start()
+        threading.Thread(
+            target=serve_pairs,
+            args=(self._listener, self._upstream, self._closed, self._sockets, self._relay),
+            name="delay-accept",
+            daemon=True,
+        ).start()
 
     def __enter__(self) -> DelayRelay:
         return self
@@ -53,25 +60,11 @@ class DelayRelay:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self._upstream, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            for sock in (client, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
-                threading.Thread(target=self._read, args=(src, chunks), daemon=True).start()
-                threading.Thread(target=self._write, args=(dst, chunks), daemon=True).start()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        for src, dst in ((client, upstream), (upstream, client)):
+            chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+            threading.Thread(target=self._read, args=(src, chunks), daemon=True).start()
+            threading.Thread(target=self._write, args=(dst, chunks), daemon=True).start()
 
     def _read(self, src: socket.socket, chunks: queue.SimpleQueue[tuple[float, bytes]]) -> None:
         try:

@@ -2,9 +2,8 @@
 
 :func:`serve_pairs` accepts clients on a listening socket until it is closed, connects each
 to the upstream server (refusing the client, by closing it, when upstream is down, as a
-dead host would not) and hands the pair to the relay. ``lambda_db_lab.relay`` and
-``lambda_db_lab.delay`` each carry a copy of this loop; :mod:`lambda_db_lab.commit_relay`
-uses this one.
+dead host would not) and hands the pair to the relay: :mod:`lambda_db_lab.relay`,
+:mod:`lambda_db_lab.delay` and :mod:`lambda_db_lab.commit_relay` all use it.
 
 Example::
 

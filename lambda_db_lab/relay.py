@@ -22,6 +22,8 @@ import select
 import socket
 import threading
 
+from lambda_db_lab.pairs import serve_pairs
+
 __all__ = ["Relay"]
 
 _POLL_SECONDS = 0.02
@@ -50,7 +52,12 @@ class Relay:
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         self.accepted = 0
-        threading.Thread(target=self._accept_loop, name="relay-accept", daemon=True).start()
+        threading.Thread(
+            target=serve_pairs,
+            args=(self._listener, self._upstream, self._closed, self._sockets, self._relay),
+            name="relay-accept",
+            daemon=True,
+        ).start()
 
     def __enter__(self) -> Relay:
         return self
@@ -82,24 +89,12 @@ class Relay:
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self._upstream, timeout=5)
-            except OSError:
-                client.close()  # the server is down: refuse, as a dead host would not
-                continue
-            upstream.settimeout(None)
-            self.accepted += 1
-            self._sockets += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(
-                    target=self._pump, args=(src, dst), name="relay-pump", daemon=True
-                ).start()
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.accepted += 1
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(
+                target=self._pump, args=(src, dst), name="relay-pump", daemon=True
+            ).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:

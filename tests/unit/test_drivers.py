@@ -98,8 +98,10 @@ def test_a_closed_connection_is_a_disconnect() -> None:
     info = DRIVER.error_info(psycopg.OperationalError("the connection is closed"))
     assert info is not None and info.closed
     assert disconnected(info)
+    # A closed cursor is the handler's mistake on a healthy connection, not a lost link.
     cursor_closed = DRIVER.error_info(psycopg.InterfaceError("the cursor is closed"))
-    assert cursor_closed is not None and cursor_closed.closed
+    assert cursor_closed is not None and not cursor_closed.closed
+    assert not disconnected(cursor_closed)
 
 
 def test_sqlstates_come_from_the_server_error_class() -> None:
