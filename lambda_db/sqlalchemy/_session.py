@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from sqlalchemy.engine import Engine
 
 from lambda_db._driver import INERROR
-from lambda_db._invocation import check_options
+from lambda_db._options import check_options
 from lambda_db.errors import ConfigurationError
 from lambda_db.handler import check_joinable
 from lambda_db.sqlalchemy._dialects import releasing
