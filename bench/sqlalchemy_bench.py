@@ -26,6 +26,14 @@ process would compete with it for the GIL and show up in its latency.
 And the import cost of ``lambda_db.sqlalchemy``, beside ``sqlalchemy`` itself and
 ``import lambda_db`` (which must not import SQLAlchemy at all).
 
+Everything is measured twice, for two builds of the same SQLAlchemy version: ``compiled``,
+the bench venv's wheel with its Cython extensions, in this process; and ``pure``, its
+pure-Python modules, in a child process whose ``sitecustomize`` makes every
+``sqlalchemy.*_cy`` import load the ``.py`` beside the extension (and which sets SQLAlchemy
+2.0's ``DISABLE_SQLALCHEMY_CEXT_RUNTIME``). ``pure`` is what the stock function deploys:
+``functions/stock/Makefile`` installs SQLAlchemy's pure-Python wheel, which runs on either
+Lambda architecture. Each build reports whether the extensions were loaded.
+
 ``run(env, rounds)`` takes the ``DB_*`` variables of a role that may create a table in its
 database; ``render(results)`` gives Markdown lines. Standalone:
 ``python -m bench.sqlalchemy_bench`` starts its own server and prints the section.
@@ -34,12 +42,14 @@ database; ``render(results)`` gives Markdown lines. Standalone:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -59,7 +69,7 @@ from lambda_db.sqlalchemy import create_engine, with_session
 from lambda_db.testing import LambdaContext
 from lambda_db_lab.delay import DelayRelay
 
-__all__ = ["CASES", "render", "run"]
+__all__ = ["BUILDS", "CASES", "render", "run"]
 
 LAMBDA_DB = "SQLAlchemy via lambda-db (with_session)"
 PRE_PING = "SQLAlchemy QueuePool(pool_pre_ping=True)"
@@ -76,6 +86,28 @@ DELAY_CALLS = 40
 ONE_WAY = 0.0005
 TABLE = "sqla_bench"
 IMPORTS = ("lambda_db", "lambda_db.sqlalchemy", "sqlalchemy", "sqlalchemy.orm")
+#: The SQLAlchemy builds measured: with the Cython extensions, and pure Python (deployed).
+COMPILED, PURE = "compiled", "pure"
+BUILDS = (COMPILED, PURE)
+#: Installed as ``sitecustomize`` for the pure-Python child (and the interpreters it starts
+#: for the import costs): every ``sqlalchemy.*._cy`` module loads from its ``.py`` source.
+PURE_SITECUSTOMIZE = """\
+import importlib.util, os, sys
+
+
+class PurePythonSQLAlchemy:
+    def find_spec(self, name, path=None, target=None):
+        if not (path and name.startswith("sqlalchemy.") and name.endswith("_cy")):
+            return None
+        for entry in path:
+            source = os.path.join(entry, name.rpartition(".")[2] + ".py")
+            if os.path.exists(source):
+                return importlib.util.spec_from_file_location(name, source)
+        return None
+
+
+sys.meta_path.insert(0, PurePythonSQLAlchemy())
+"""
 _ROOT = str(Path(__file__).resolve().parents[1])  # where ``-m bench.sqlalchemy_bench`` runs
 
 Invocation = Callable[[], object]
@@ -333,8 +365,20 @@ def _create_table(env: Mapping[str, str]) -> None:
 
 
 def run(env: Mapping[str, str], rounds: int) -> dict[str, Any]:
-    """Statements, CPU and latency per warm invocation for every case; import costs."""
+    """Statements, CPU and latency per warm invocation for every case, and import costs, for
+    both SQLAlchemy builds (:data:`BUILDS`)."""
     _create_table(env)
+    return {
+        "rounds": rounds,
+        "calls": {"counted": COUNT_CALLS, "delayed": DELAY_CALLS},
+        "one_way_ms": ONE_WAY * 1000,
+        "builds": {COMPILED: measure(env, rounds), PURE: _measure_pure_python(env, rounds)},
+        "import_lambda_db_loads_sqlalchemy": _loads_sqlalchemy(),
+    }
+
+
+def measure(env: Mapping[str, str], rounds: int) -> dict[str, Any]:
+    """One build's figures, measured in this process with the SQLAlchemy it imported."""
     upstream = (env["DB_HOST"], int(env["DB_PORT"]))
     statements: dict[str, list[float]] = {name: [] for name in CASES}
     connections: dict[str, list[float]] = {name: [] for name in CASES}
@@ -371,10 +415,9 @@ def run(env: Mapping[str, str], rounds: int) -> dict[str, Any]:
 
     naive_cpu = statistics.median(cpu_us[NAIVE])
     naive_latency = statistics.median(latency_ms[NAIVE])
-    results: dict[str, Any] = {
-        "rounds": rounds,
-        "calls": {"counted": COUNT_CALLS, "delayed": DELAY_CALLS},
-        "one_way_ms": ONE_WAY * 1000,
+    return {
+        "version": sqlalchemy.__version__,
+        "extensions": _extensions_loaded(),
         "cases": {
             name: {
                 "statements": statistics.median(statements[name]),
@@ -388,9 +431,36 @@ def run(env: Mapping[str, str], rounds: int) -> dict[str, Any]:
             for name in CASES
         },
         "imports": import_cost(list(IMPORTS), repeats=max(5, 2 * rounds + 1)),
-        "import_lambda_db_loads_sqlalchemy": _loads_sqlalchemy(),
     }
-    return results
+
+
+def _measure_pure_python(env: Mapping[str, str], rounds: int) -> dict[str, Any]:
+    """:func:`measure` in a child whose SQLAlchemy runs without its compiled extensions."""
+    with tempfile.TemporaryDirectory(prefix="sqla-pure-") as site:
+        Path(site, "sitecustomize.py").write_text(PURE_SITECUSTOMIZE)
+        child_env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([site, _ROOT]),
+            "DISABLE_SQLALCHEMY_CEXT_RUNTIME": "1",  # SQLAlchemy 2.0's own switch
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.sqlalchemy_bench", "--measure", str(rounds)],
+            input=json.dumps(dict(env)), capture_output=True, text=True, check=True,
+            cwd=_ROOT, env=child_env,
+        ).stdout  # fmt: skip
+    figures: dict[str, Any] = json.loads(out.splitlines()[-1])
+    if figures["extensions"]:
+        raise RuntimeError("the pure-Python child still loaded SQLAlchemy's extensions")
+    return figures
+
+
+def _extensions_loaded() -> bool:
+    """Whether this process's SQLAlchemy runs its compiled (Cython) extensions."""
+    try:
+        from sqlalchemy.util._has_cython import HAS_CYEXTENSION  # 2.1
+    except ImportError:  # 2.0
+        from sqlalchemy.util._has_cy import HAS_CYEXTENSION  # type: ignore[import-not-found,no-redef]
+    return bool(HAS_CYEXTENSION)
 
 
 def _p99(values: list[float]) -> float:
@@ -415,7 +485,8 @@ def _loads_sqlalchemy() -> list[str]:
 
 def render(results: Mapping[str, Any]) -> list[str]:
     """The section as Markdown lines."""
-    cases = results["cases"]
+    builds = results["builds"]
+    version = builds[COMPILED]["version"]
     lines = [
         "## SQLAlchemy on Lambda: per warm invocation",
         "",
@@ -428,31 +499,49 @@ def render(results: Mapping[str, Any]) -> list[str]:
         f"{results['calls']['delayed']} invocations x {results['rounds']} rounds). Medians; "
         "ratios against the naive module-level connection in the same run.",
         "",
-        "| case | statements | new connections | CPU µs | CPU ÷ naive | latency ms (p99) "
-        "| latency ÷ naive |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"SQLAlchemy {version} is measured twice: **pure Python**, what the stock function "
+        "deploys (`functions/stock/Makefile` installs the pure-Python wheel, for either Lambda "
+        "architecture), in a child process whose SQLAlchemy loads no compiled module; and "
+        "**compiled**, the bench venv's wheel with its Cython extensions "
+        f"(loaded: {'yes' if builds[COMPILED]['extensions'] else 'no'}), what a function "
+        "that vendors a platform wheel runs.",
     ]
-    for name in CASES:
-        c = cases[name]
-        lines.append(
-            f"| {name} | {c['statements']:.2f} | {c['connections']:.2f} | {c['cpu_us']:.0f} "
-            f"| {c['cpu_vs_naive']:.2f} | {c['latency_ms']:.2f} ({c['latency_p99_ms']:.2f}) "
-            f"| {c['latency_vs_naive']:.2f} |"
-        )
-    imports = results["imports"]
+    for build, title in ((PURE, "pure Python (deployed)"), (COMPILED, "compiled extensions")):
+        cases = builds[build]["cases"]
+        lines += [
+            "",
+            f"### SQLAlchemy {version}, {title}",
+            "",
+            "| case | statements | new connections | CPU µs | CPU ÷ naive | latency ms (p99) "
+            "| latency ÷ naive |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name in CASES:
+            c = cases[name]
+            lines.append(
+                f"| {name} | {c['statements']:.2f} | {c['connections']:.2f} "
+                f"| {c['cpu_us']:.0f} | {c['cpu_vs_naive']:.2f} "
+                f"| {c['latency_ms']:.2f} ({c['latency_p99_ms']:.2f}) "
+                f"| {c['latency_vs_naive']:.2f} |"
+            )
+    pure, compiled = builds[PURE]["imports"], builds[COMPILED]["imports"]
     loaded = results["import_lambda_db_loads_sqlalchemy"]
     lines += [
         "",
         "Import cost (fresh interpreters, medians of "
-        f"{imports['lambda_db']['repeats']}): what `lambda_db.sqlalchemy` adds at cold start, "
-        "paid only by functions that import it.",
+        f"{compiled['lambda_db']['repeats']}): what `lambda_db.sqlalchemy` adds at cold "
+        "start, paid only by functions that import it.",
         "",
-        "| import | -X importtime ms | wall ms |",
-        "|---|---:|---:|",
+        "| import | pure Python: -X importtime ms | wall ms "
+        "| compiled: -X importtime ms | wall ms |",
+        "|---|---:|---:|---:|---:|",
     ]
     for module in IMPORTS:
-        m = imports[module]
-        lines.append(f"| `{module}` | {m['importtime_ms']:.1f} | {m['wall_ms']:.1f} |")
+        p, c = pure[module], compiled[module]
+        lines.append(
+            f"| `{module}` | {p['importtime_ms']:.1f} | {p['wall_ms']:.1f} "
+            f"| {c['importtime_ms']:.1f} | {c['wall_ms']:.1f} |"
+        )
     lines += [
         "",
         "`import lambda_db` loads "
@@ -468,9 +557,13 @@ def render(results: Mapping[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    """Run the section on a server of its own and print it (``--relay``: a relay's child)."""
+    """Run the section on a server of its own and print it (``--relay``: a relay's child;
+    ``--measure``: the pure-Python build's child)."""
     if sys.argv[1:2] == ["--relay"]:
         _serve_relay(*sys.argv[2:6])
+        return
+    if sys.argv[1:2] == ["--measure"]:  # the pure-Python child: the DB_* variables on stdin
+        print(json.dumps(measure(json.loads(sys.stdin.read()), int(sys.argv[2]))))
         return
     from lambda_db_lab.appdb import ledger_app_db
     from lambda_db_lab.localpg import LocalPostgres

@@ -7,6 +7,14 @@ connection), connects bounded by the invocation's deadline, and nothing sent tha
 Proxy. ``with_session`` scopes one ``Session`` per invocation the way ``with_connection``
 scopes a connection. ``import lambda_db`` never imports SQLAlchemy; this module does.
 
+Inside an invocation (``with_session``, ``with_connection``, ``db.invocation()``) there is
+one transaction and the invocation commits it once, when the handler returns: every
+``Connection`` and ``Session`` on the engine joins it. ``commit()`` sends no ``COMMIT``;
+each transaction other than ``with_session``'s first runs in a savepoint, so its rollback,
+or a close without commit, undoes its own work and nobody else's. Outside an invocation,
+SQLAlchemy's rules hold on one connection: a second concurrent checkout raises
+:class:`~lambda_db.LambdaDbError`.
+
 Example::
 
     from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column

@@ -1,15 +1,38 @@
-"""SQLAlchemy's PostgreSQL dialects, for connections an invocation scope may own.
+"""SQLAlchemy's PostgreSQL dialects, for connections an invocation scope owns.
 
-SQLAlchemy assumes a pooled connection is its own to reset: it rolls back when a
-``Connection`` or ``Session`` is released, and once, after its first connect, it rolls back
-the statements it ran to learn the server (version, schema, isolation level, ``hstore``).
-On lambda-db's one connection an invocation scope may own the transaction instead
-(``with_connection`` stacked with ``with_session``): those rollbacks would throw the
-handler's work away. These subclasses of SQLAlchemy's ``psycopg2`` and ``psycopg`` dialects
-change three things and nothing else:
+SQLAlchemy assumes every ``Connection`` and ``Session`` has a transaction of its own to
+commit or roll back. On lambda-db's one connection, inside ``with_connection`` /
+``with_session`` / ``db.invocation()``, there is one transaction, the invocation's, and the
+scope ends it: ``COMMIT`` when the handler returns, ``ROLLBACK`` when it raises. These
+subclasses of SQLAlchemy's ``psycopg2`` and ``psycopg`` dialects make every SQLAlchemy
+transaction on the connection *join* it (the rule, stated once in :func:`joined`):
 
-* a rollback SQLAlchemy sends while :func:`releasing` is in force (``with_session`` handing
-  its connection back to the scope that will end the transaction) is not sent;
+* **the invocation's transaction itself**: a ``with_session`` session's transaction that
+  begins while the invocation's transaction is still empty. Its commit sends nothing (the
+  scope commits, once); its rollback (``session.rollback()``, a failed flush) rolls the
+  invocation back;
+* **a savepoint in it**: every other transaction (a ``Connection``, a ``Session`` of the
+  handler's own, ``engine.begin()``, a session's transaction that begins after others'
+  work). It begins with ``SAVEPOINT``; commit is ``RELEASE SAVEPOINT``; rollback, or a
+  close without commit, is ``ROLLBACK TO SAVEPOINT``: it undoes its own work and never
+  anyone else's.
+
+So nothing SQLAlchemy does ends the invocation's transaction early (``engine.begin()``
+inside ``with_connection`` no longer commits half an invocation) and no close discards
+another's work (a ``Connection`` opened inside ``with_session`` no longer rolls the session
+back). Outside a scope SQLAlchemy's own behaviour holds. In an ``autocommit=True`` scope
+every statement commits itself, so there is nothing to join.
+
+Also:
+
+* ``isolation_level``, ``postgresql_readonly`` and ``postgresql_deferrable`` execution
+  options are refused (:class:`~lambda_db.ConfigurationError`): the drivers apply them by
+  rolling back the transaction in progress (psycopg2) or refusing mid-transaction, and
+  they would outlive the invocation. ``with_session(isolation_level=...)`` and
+  ``with_connection(isolation_level=..., autocommit=...)`` send them with ``BEGIN``;
+* no server-side cursors (``supports_server_side_cursors = False``): ``yield_per`` and
+  ``stream_results`` buffer client-side instead of sending ``DECLARE ... CURSOR``, which
+  pins RDS Proxy;
 * the rollback after the first connect is not sent when the connection was already in a
   transaction (the handler's own, begun before SQLAlchemy's first use of the engine): the
   learning statements are plain reads and stay inside it;
@@ -19,9 +42,9 @@ change three things and nothing else:
 
 What the dialects send at the engine's first connect, checked against the server's log
 (``tests/sqlalchemy``): ``select pg_catalog.version()``, ``select current_schema()``,
-``SHOW default_transaction_isolation``, ``show standard_conforming_strings`` and psycopg2's
-lookup of the ``hstore`` type: reads, none of them on RDS Proxy's pinning list. Later
-connections send nothing when they open.
+``SHOW default_transaction_isolation``, ``show standard_conforming_strings`` and the lookup
+of the ``hstore`` type: reads, none of them on RDS Proxy's pinning list. Later connections
+send nothing when they open.
 
 Example::
 
@@ -33,17 +56,32 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
 from lambda_db._driver import IDLE, get_driver
+from lambda_db.errors import ConfigurationError
 
-__all__ = ["DIALECTS", "Psycopg2Dialect", "PsycopgDialect", "releasing"]
+if TYPE_CHECKING:
+    from lambda_db._invocation import Invocation
+    from lambda_db.database import Database
+
+__all__ = [
+    "DIALECTS",
+    "OWNER",
+    "REFUSED_OPTIONS",
+    "Psycopg2Dialect",
+    "PsycopgDialect",
+    "Joined",
+    "joined",
+    "releasing",
+]
 
 #: lambda-db's ``DB_DRIVER`` -> the SQLAlchemy driver name (``URL.create(...)``).
 DIALECTS = {
@@ -51,15 +89,32 @@ DIALECTS = {
     "psycopg": "postgresql+lambda_db_psycopg",
 }
 
+#: The execution option that marks ``with_session``'s connections (see :func:`joined`).
+OWNER = "lambda_db_session"
+
+#: Execution options refused, and what to use instead.
+REFUSED_OPTIONS = {
+    "isolation_level": (
+        "with_session(isolation_level=...) or with_connection(isolation_level=...), or "
+        "with_connection(autocommit=True) for AUTOCOMMIT: sent with BEGIN, for one invocation"
+    ),
+    "postgresql_readonly": (
+        "with_session(readonly=True) or with_connection(readonly=True): sent with BEGIN"
+    ),
+    "postgresql_deferrable": (
+        "with_session(deferrable=True) or with_connection(deferrable=True): sent with BEGIN"
+    ),
+}
+
 _local = threading.local()
+_savepoints = itertools.count(1)
 
 
 @contextlib.contextmanager
 def releasing() -> Iterator[None]:
-    """Inside the block, this thread's SQLAlchemy rollbacks are not sent.
+    """Inside the block, this thread's SQLAlchemy commits and rollbacks are not sent.
 
-    For releasing a ``Session`` whose transaction belongs to an invocation scope: the scope
-    commits or rolls back when it ends.
+    For ending a ``Session`` whose transaction an invocation scope has ended, or will end.
     """
     depth = getattr(_local, "releasing", 0)
     _local.releasing = depth + 1
@@ -69,37 +124,143 @@ def releasing() -> Iterator[None]:
         _local.releasing = depth
 
 
+class Joined(NamedTuple):
+    """How one SQLAlchemy transaction joined an invocation's (kept on its pool proxy)."""
+
+    scope: Invocation
+    #: ``None``: it is the invocation's transaction; else the savepoint it runs in.
+    savepoint: str | None
+
+
+def joined(database: Database | None, fairy: Any, status: int) -> Joined | None:
+    """How a SQLAlchemy transaction beginning on ``fairy`` joins the invocation in progress.
+
+    ``None`` outside a scope (or in an ``autocommit=True`` one): SQLAlchemy's own
+    behaviour. Inside, the transaction of a ``with_session`` session (marked with the
+    :data:`OWNER` execution option) that begins while the invocation's transaction is
+    empty (``status`` is libpq's ``IDLE``) is the invocation's transaction; any other
+    gets a new savepoint (the caller sends ``SAVEPOINT``).
+
+    >>> joined(None, object(), 0) is None
+    True
+    """
+    scope = database.current if database is not None else None
+    if scope is None or scope.autocommit or scope.conn is not _raw(fairy):
+        return None
+    if status == IDLE and getattr(fairy, "_lambda_db_owner", False):
+        return Joined(scope, None)
+    return Joined(scope, f"lambda_db_{next(_savepoints)}")
+
+
 def _raw(connection: Any) -> Any:
     """The DB-API connection behind SQLAlchemy's proxies (or ``connection`` itself)."""
     return getattr(connection, "dbapi_connection", connection)
 
 
-class _InvocationAware:
-    """The three changes, over either driver's dialect (see the module docstring)."""
+def _refuse(options: Mapping[str, Any]) -> None:
+    for name in options:
+        if name in REFUSED_OPTIONS:
+            raise ConfigurationError(
+                f"the {name!r} execution option is not supported by lambda_db.sqlalchemy (the "
+                f"driver would apply it by ending or refusing the transaction in progress, "
+                f"and it would outlive the invocation): use {REFUSED_OPTIONS[name]}",
+                variable=name,
+            )
 
-    #: The DB-API connection whose first-connect rollback must not be sent (it was in a
-    #: transaction before SQLAlchemy initialized on it).
-    _keep_transaction_of: Any = None
+
+class _InvocationAware:
+    """The changes, over either driver's dialect (see the module docstring)."""
+
+    supports_server_side_cursors = False
+
+    #: The Database whose invocation scopes this dialect's transactions join (set by
+    #: :func:`lambda_db.sqlalchemy.create_engine`; ``None``: SQLAlchemy's behaviour).
+    database: Database | None = None
+
+    #: ``(DB-API connection, it was in a transaction)`` of the first connect, whose
+    #: rollback after the dialect's learning reads is sent only when it was not.
+    _first_connect: tuple[Any, bool] | None = None
+
+    def _status(self, raw: Any) -> int:
+        return get_driver(self.driver).status(raw)  # type: ignore[attr-defined]
 
     def initialize(self, connection: Any) -> None:
         raw = _raw(connection.connection)
-        in_transaction = get_driver(self.driver).status(raw) != IDLE  # type: ignore[attr-defined]
+        in_transaction = self._status(raw) != IDLE
         super().initialize(connection)  # type: ignore[misc]
-        if in_transaction:
-            self._keep_transaction_of = raw
+        self._first_connect = (raw, in_transaction)
 
     def after_connect(self, dbapi_connection: Any) -> None:
         """Called for each new DB-API connection, after SQLAlchemy's own ``connect`` events."""
-        self._keep_transaction_of = None  # the first connect's exemption is used or moot
+        self._first_connect = None  # the first connect's rollback is done or moot
+
+    # -- joining the invocation's transaction ----------------------------------------------
+
+    def do_begin(self, dbapi_connection: Any) -> None:
+        raw = _raw(dbapi_connection)
+        how = joined(self.database, dbapi_connection, self._status(raw))
+        if how is not None and how.savepoint is not None:
+            _execute(raw, f"SAVEPOINT {how.savepoint}")
+        dbapi_connection._lambda_db_joined = how
+
+    def _joined(self, dbapi_connection: Any) -> tuple[Joined | None, bool]:
+        """``(how this transaction joined, or None; whether a scope owns the connection)``."""
+        how = getattr(dbapi_connection, "_lambda_db_joined", None)
+        dbapi_connection._lambda_db_joined = None  # the transaction ends here
+        scope = self.database.current if self.database is not None else None
+        owned = scope is not None and not scope.autocommit and scope.conn is _raw(dbapi_connection)
+        if how is not None and how.scope is not scope:
+            how = None  # begun in an invocation that has ended: that scope ended it
+        return how, owned
+
+    def do_commit(self, dbapi_connection: Any) -> None:
+        if getattr(_local, "releasing", 0):
+            return
+        how, owned = self._joined(dbapi_connection)
+        if how is not None:
+            if how.savepoint is not None:
+                _execute(_raw(dbapi_connection), f"RELEASE SAVEPOINT {how.savepoint}")
+            return  # the invocation's own transaction: the scope commits it
+        if owned:
+            return  # begun before the scope (which rolled it back): never commit its work
+        super().do_commit(dbapi_connection)  # type: ignore[misc]
 
     def do_rollback(self, dbapi_connection: Any) -> None:
         if getattr(_local, "releasing", 0):
             return
         raw = _raw(dbapi_connection)
-        if raw is not None and raw is self._keep_transaction_of:
-            self._keep_transaction_of = None
+        first = self._first_connect
+        if first is not None and first[0] is raw:  # after the dialect's learning reads
+            self._first_connect = None
+            if not first[1]:  # else they ran in the handler's transaction: keep it
+                super().do_rollback(dbapi_connection)  # type: ignore[misc]
             return
+        how, owned = self._joined(dbapi_connection)
+        if how is not None and how.savepoint is not None:
+            _execute(raw, f"ROLLBACK TO SAVEPOINT {how.savepoint}")
+            return
+        if how is None and owned:
+            return  # not this transaction's to roll back: the scope ends it
         super().do_rollback(dbapi_connection)  # type: ignore[misc]
+
+    # -- options that would end the transaction, or outlive the invocation -----------------
+
+    def set_engine_execution_options(self, engine: Any, opts: Mapping[str, Any]) -> None:
+        _refuse(opts)
+        super().set_engine_execution_options(engine, opts)  # type: ignore[misc]
+
+    def set_connection_execution_options(self, connection: Any, opts: Mapping[str, Any]) -> None:
+        _refuse(opts)
+        super().set_connection_execution_options(connection, opts)  # type: ignore[misc]
+
+    def set_isolation_level(self, dbapi_connection: Any, level: str) -> None:
+        _refuse({"isolation_level": level})
+
+    def set_readonly(self, connection: Any, value: bool) -> None:
+        _refuse({"postgresql_readonly": value})
+
+    def set_deferrable(self, connection: Any, value: bool) -> None:
+        _refuse({"postgresql_deferrable": value})
 
     def get_default_isolation_level(self, dbapi_conn: Any) -> str:
         cursor = dbapi_conn.cursor()
@@ -109,6 +270,14 @@ class _InvocationAware:
         finally:
             cursor.close()
         return str(row[0]).upper()
+
+
+def _execute(raw: Any, statement: str) -> None:
+    cursor = raw.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
 
 
 class Psycopg2Dialect(_InvocationAware, PGDialect_psycopg2):  # type: ignore[misc]

@@ -12,10 +12,10 @@ from sqlalchemy.engine import URL, Engine
 from lambda_db.database import Database
 from lambda_db.errors import ConfigurationError
 from lambda_db.handler import default_database
-from lambda_db.sqlalchemy._dialects import DIALECTS
+from lambda_db.sqlalchemy._dialects import DIALECTS, OWNER
 from lambda_db.sqlalchemy._pool import LambdaDbPool
 
-__all__ = ["create_engine", "database_of", "default_engine"]
+__all__ = ["create_engine", "database_of", "default_engine", "session_bind"]
 
 #: ``create_engine`` arguments that would take over what lambda-db does, and what to use.
 REFUSED = {
@@ -50,11 +50,24 @@ def create_engine(database: Database | None = None, **kwargs: Any) -> Engine:
     ``psycopg``). Every checkout is ``database.get_connection()``: health-checked without a
     round trip, reconnected with fresh credentials inside the invocation's deadline, and
     inside ``with_connection``/``with_session`` the invocation's connection and transaction.
-    Nothing is sent at checkin. Other keyword arguments go to
-    :func:`sqlalchemy.create_engine` (``echo``, ``json_serializer``, ``execution_options``,
-    ...); those that would take over lambda-db's job (``pool_pre_ping``, ``poolclass``,
-    ``isolation_level``, ...) raise :class:`~lambda_db.ConfigurationError` naming the
-    replacement.
+    Nothing is sent at checkin.
+
+    Inside an invocation scope every ``Connection`` and ``Session`` on the engine joins the
+    invocation's one transaction, which the scope commits when the handler returns. Each
+    runs in a savepoint of its own (only ``with_session``'s session, begun first, is the
+    invocation's transaction itself): its ``commit()`` sends ``RELEASE SAVEPOINT``, its
+    ``rollback()`` or a close without commit ``ROLLBACK TO SAVEPOINT``, undoing its own
+    work only. Outside a scope, SQLAlchemy's own rules hold, with one connection: a second
+    ``Connection`` or ``Session`` checked out while the first is still out raises
+    :class:`~lambda_db.LambdaDbError`.
+
+    Other keyword arguments go to :func:`sqlalchemy.create_engine` (``echo``,
+    ``json_serializer``, ``execution_options`` other than the transaction's
+    characteristics, ...); those that would take over lambda-db's job (``pool_pre_ping``,
+    ``poolclass``, ``isolation_level``, ...) raise :class:`~lambda_db.ConfigurationError`
+    naming the replacement, and so do the ``isolation_level``, ``postgresql_readonly`` and
+    ``postgresql_deferrable`` execution options, here or on a ``Connection``: use
+    ``with_session(isolation_level=...)`` (or ``with_connection``'s), sent with ``BEGIN``.
 
     Example::
 
@@ -87,8 +100,26 @@ def create_engine(database: Database | None = None, **kwargs: Any) -> Engine:
         database=settings.dbname,
     )  # shown by repr(engine); holds no password, and nothing connects with it
     engine = sqlalchemy.create_engine(url, pool=pool, **kwargs)
+    dialect: Any = engine.dialect
+    dialect.database = db  # whose invocation scopes the engine's transactions join
     event.listen(engine.pool, "connect", _after_connect(engine))  # after SQLAlchemy's own
+    owner = engine.execution_options(**{OWNER: True})
+    event.listen(owner, "engine_connect", _mark_owner)
+    engine._lambda_db_session_bind = owner  # type: ignore[attr-defined]
     return engine
+
+
+def _mark_owner(connection: Any) -> None:
+    connection.connection._lambda_db_owner = True
+
+
+def session_bind(engine: Engine) -> Engine:
+    """What ``with_session`` binds its sessions to: ``engine``, with their connections marked
+    as ``with_session``'s (the first transaction in an invocation is the invocation's
+    own; ``lambda_db.sqlalchemy._dialects.joined``)."""
+    database_of(engine)
+    bind: Engine = engine._lambda_db_session_bind  # type: ignore[attr-defined]
+    return bind
 
 
 def _after_connect(engine: Engine) -> Any:

@@ -16,16 +16,26 @@ nothing of SQLAlchemy's ever points at a dead connection.
 Checkin sends nothing (no reset-on-return ``ROLLBACK``): a transaction left open outside an
 invocation scope is rolled back by lambda-db at the next invocation's checkout, with a
 warning; inside a scope, the scope ends it.
+
+There is one connection, so there is one checkout at a time, except inside an invocation
+scope, where every ``Connection`` and ``Session`` joins the invocation's transaction (the
+dialect runs each in its own savepoint: :mod:`lambda_db.sqlalchemy._dialects`). Outside a
+scope a second checkout while the first is still out (a ``Connection`` opened inside
+another, a ``Session`` used while a ``Connection`` is open) would share the first one's
+transaction, and its close would roll the first one's work back: it raises
+:class:`~lambda_db.LambdaDbError` instead (a real pool of one would block forever).
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any
 
-from sqlalchemy.pool import ConnectionPoolEntry, Pool
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
 from lambda_db.database import Database
+from lambda_db.errors import LambdaDbError
 
 __all__ = ["LambdaDbPool"]
 
@@ -43,6 +53,29 @@ class LambdaDbPool(Pool):
         self._entry: ConnectionPoolEntry | None = None
         self._handoff: Any = None
         self._lock = threading.Lock()
+        self._checkout_lock = threading.Lock()
+        #: The checkouts not yet returned (SQLAlchemy's pool proxies).
+        self._out: weakref.WeakSet[PoolProxiedConnection] = weakref.WeakSet()
+
+    def connect(self) -> PoolProxiedConnection:
+        """Check the connection out (SQLAlchemy calls this for each ``Connection``).
+
+        Raises :class:`~lambda_db.LambdaDbError` for a second checkout outside an invocation
+        scope while the first is still out (see the module docstring).
+        """
+        with self._checkout_lock:
+            if self.database.current is None and any(proxy.is_valid for proxy in self._out):
+                raise LambdaDbError(
+                    "lambda_db.sqlalchemy's engine has one connection and it is checked out "
+                    "(a Connection not yet closed, or a Session in a transaction): outside an "
+                    "invocation scope a second Connection or Session would share its "
+                    "transaction and could roll it back. Close (or commit) the first one "
+                    "before using another, or run both inside @with_session / "
+                    "@with_connection, where they join the invocation's one transaction"
+                )
+            proxy = super().connect()
+            self._out.add(proxy)
+            return proxy
 
     def _connect(self, connection_record: ConnectionPoolEntry | None = None) -> Any:
         """The pool's creator: the connection :meth:`_do_get` is making an entry for, else

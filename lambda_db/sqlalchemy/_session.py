@@ -6,12 +6,18 @@ under its deadline, and end the way ``with_connection``'s do: the scope sends ``
 when the handler returns and ``ROLLBACK`` when it raises, and turns a lost connection or a
 cut deadline into :class:`~lambda_db.ConnectionLostError` /
 :class:`~lambda_db.DeadlineExceededError` (``outcome_unknown`` when it was the ``COMMIT``).
-Before the scope ends, the session is flushed (pending ORM changes are sent); after, it is
-closed without sending anything.
+
+The session's ``Session`` events fire where SQLAlchemy's own ``session.commit()`` would
+fire them: ``before_commit`` (then the final flush) before the scope's ``COMMIT``,
+``after_commit`` after it succeeded, ``after_rollback`` after the scope rolled back (not
+when the ``COMMIT``'s outcome is unknown: neither fires then). Then the session is closed
+without sending anything.
 
 Stacked inside ``with_connection`` (or another ``with_session``) on the same Database, it
-joins the scope in progress (``database.current``) instead: the session is flushed and
-released, and the outer decorator's scope ends the one transaction.
+joins the scope in progress (``database.current``) instead: ``before_commit`` fires and the
+session is flushed when the handler returns, and the outer decorator's scope ends the one
+transaction. ``after_commit`` and ``after_rollback`` do not fire then: the outer decorator
+commits after this one has returned.
 
 Example::
 
@@ -29,10 +35,12 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from sqlalchemy.engine import Engine
 
+from lambda_db._driver import INERROR
+from lambda_db._options import check_options
 from lambda_db.errors import ConfigurationError
 from lambda_db.handler import check_joinable
 from lambda_db.sqlalchemy._dialects import releasing
-from lambda_db.sqlalchemy._engine import database_of, default_engine
+from lambda_db.sqlalchemy._engine import database_of, default_engine, session_bind
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -42,6 +50,8 @@ __all__ = ["with_session"]
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+Options = tuple[bool, str | None, bool | None, bool | None]
 
 
 @overload
@@ -76,16 +86,22 @@ def with_session(
     * ``engine``: an engine from :func:`~lambda_db.sqlalchemy.create_engine` (default: one
       on :func:`lambda_db.default_database`, made at first use);
     * ``inject``: the keyword argument the session is passed as (``"session"``);
-    * ``isolation_level`` (``"SERIALIZABLE"``, ...), ``readonly``, ``deferrable``: for
-      each invocation's transaction, sent with ``BEGIN`` (no ``SET``: nothing pins RDS
-      Proxy).
+    * ``isolation_level`` (``"SERIALIZABLE"``, ...; any case), ``readonly``,
+      ``deferrable``: for each invocation's transaction, sent with ``BEGIN`` (no ``SET``:
+      nothing pins RDS Proxy). Checked when decorating.
 
     The session is lazy: an invocation that never uses it opens nothing and sends nothing.
-    ``session.commit()`` and ``session.rollback()`` inside the handler act at once, as in
-    any SQLAlchemy code; what is pending when the handler returns is flushed and committed
-    by the invocation scope. ORM and Core (``session.execute(text(...))``) both work. The
-    deadline, the typed errors and the one connection are ``with_connection``'s; stacked
-    with it on the same Database (either order), there is one transaction.
+    The invocation owns the transaction and commits it once, when the handler returns:
+    ``session.commit()`` inside the handler flushes and fires the session's commit events
+    but sends no ``COMMIT`` (so an ``@idempotent`` record and the writes it covers commit
+    together); ``session.rollback()`` (or a failed flush) rolls back the invocation's
+    transaction, or only the session's savepoint when the session began after other work
+    in it (``with_connection``'s, or its own committed work). Other ``Connection`` s and
+    ``Session`` s on the engine join the same transaction, each in a savepoint
+    (:func:`~lambda_db.sqlalchemy.create_engine`). ORM and Core
+    (``session.execute(text(...))``) both work. The deadline, the typed errors and the one
+    connection are ``with_connection``'s; stacked with it on the same Database (either
+    order), there is one transaction.
 
     Example::
 
@@ -110,9 +126,12 @@ def with_session(
             f"inject is the keyword argument the session is passed as, got {inject!r}",
             variable="inject",
         )
+    check_options(False, isolation_level, readonly, deferrable)  # at decoration time
     if engine is not None:
         database_of(engine)  # refuse an engine lambda-db cannot scope, at decoration time
-    options = (
+    if isolation_level is not None:
+        isolation_level = isolation_level.upper()
+    options: Options | None = (
         None
         if (isolation_level, readonly, deferrable) == (None, None, None)
         else (False, isolation_level, readonly, deferrable)
@@ -124,34 +143,76 @@ def with_session(
         def wrapper(event: Any, context: Any, *args: Any, **kwargs: Any) -> R:
             bound = engine if engine is not None else default_engine()
             db = database_of(bound)
-            session = Session(bind=bound)
+            session = Session(bind=session_bind(bound))
             kwargs[inject] = session
-            scope = db.current
+            joined = db.current
             try:
-                if scope is not None:  # with_connection (or with_session) is outside
-                    check_joinable(scope, options)
+                if joined is not None:  # with_connection (or with_session) is outside
+                    check_joinable(joined, _same(options, joined.options))
                     result = func(event, context, *args, **kwargs)
-                    session.flush()
+                    _prepare(session)  # the outer decorator's COMMIT must include it
                     return result
-                with db.invocation(
-                    context,
-                    isolation_level=isolation_level,
-                    readonly=readonly,
-                    deferrable=deferrable,
-                ):
-                    result = func(event, context, *args, **kwargs)
-                    session.flush()  # the scope's COMMIT must include what is pending
+                try:
+                    with db.invocation(
+                        context,
+                        isolation_level=isolation_level,
+                        readonly=readonly,
+                        deferrable=deferrable,
+                    ) as scope:
+                        result = func(event, context, *args, **kwargs)
+                        prepared = _prepare(session)  # the COMMIT must include what is pending
+                        conn = scope.conn
+                        committing = conn is None or db.driver.status(conn) != INERROR
+                except BaseException as exc:
+                    if not getattr(exc, "outcome_unknown", False):
+                        _ended(session, committed=False)
+                    raise
+                _ended(session, committed=prepared and committing)
                 return result
             finally:
-                _release(session)
+                with releasing():  # the transaction is, or will be, ended by the scope
+                    session.close()
 
         return wrapper
 
     return decorate
 
 
-def _release(session: Session) -> None:
-    """Close ``session`` without a round trip: its transaction was, or will be, ended by the
-    invocation scope (the rollback SQLAlchemy sends when a session closes is withheld)."""
+def _same(options: Options | None, theirs: Options | None) -> Options | None:
+    """``options``, or ``None`` when they ask for what the scope being joined has (the
+    isolation level compared in any case)."""
+
+    def normal(o: Options | None) -> Options | None:
+        return None if o is None else (o[0], o[1].upper() if o[1] else None, o[2], o[3])
+
+    return None if options is None or normal(options) == normal(theirs) else options
+
+
+def _prepare(session: Session) -> bool:
+    """What ``session.commit()`` does before the ``COMMIT``: ``before_commit``, then flush
+    until clean (SQLAlchemy's own limit on flushes that make more to flush). True when the
+    session has a transaction to commit."""
+    transaction = session.get_transaction()
+    if transaction is None:
+        return False
+    if not transaction.is_active:
+        logger.warning(
+            "the handler returned after a failed flush it caught (its session's transaction "
+            "was rolled back); what the session had pending was not committed"
+        )
+        return False
+    transaction._prepare_impl()
+    return True
+
+
+def _ended(session: Session, *, committed: bool) -> None:
+    """End the session's transaction the way the scope ended the invocation's, sending
+    nothing, so that ``after_commit`` / ``after_rollback`` fire now, after the fact (neither
+    fires again for a transaction a failed flush already rolled back)."""
+    if session.get_transaction() is None:
+        return
     with releasing():
-        session.close()
+        if committed:
+            session.commit()
+        else:
+            session.rollback()

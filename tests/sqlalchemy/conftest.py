@@ -7,8 +7,6 @@ SQLAlchemy.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Iterator
 
 import pytest
@@ -19,18 +17,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import lambda_db
 from lambda_db.sqlalchemy import create_engine
 from tests.conftest import AppDb
+from tests.support import drivers
 
-__all__ = ["Base", "Item", "engine", "env_db"]
-
-#: The driver matrix (``DB_DRIVER=psycopg2`` and ``psycopg``), where the psycopg 3 driver is.
-_MATRIX = "tests.support.drivers"
+__all__ = ["Base", "Item", "engine", "env_db", "ids", "raw_insert"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Every test that takes ``app_db`` runs once per driver (``tests/support/drivers.py``;
-    before the psycopg 3 driver, psycopg2 only)."""
-    if importlib.util.find_spec(_MATRIX) is not None:
-        importlib.import_module(_MATRIX).parametrize(metafunc)
+    """Every test that takes ``app_db`` runs once per driver (``tests/support/drivers.py``)."""
+    drivers.parametrize(metafunc)
 
 
 class Base(DeclarativeBase):
@@ -68,3 +62,14 @@ def engine(env_db: AppDb) -> Iterator[Engine]:
     finally:
         engine.dispose()
         lambda_db.reset()
+
+
+def raw_insert(item_id: str) -> None:
+    """Insert an item through lambda-db's connection itself (``with_connection``'s way)."""
+    with lambda_db.get_connection().cursor() as cur:
+        cur.execute("INSERT INTO items (id) VALUES (%s)", (item_id,))
+
+
+def ids(app_db: AppDb) -> list[str]:
+    """The committed items' ids, in order, read on a connection of the test's own."""
+    return [item_id for (item_id,) in app_db.query("SELECT id FROM items ORDER BY id")]

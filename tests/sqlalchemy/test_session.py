@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -10,6 +11,7 @@ import sqlalchemy
 from aws_lambda_powertools import Logger
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import lambda_db
@@ -20,19 +22,10 @@ from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
 from tests.support.pinlog import PinLog
 
-from .conftest import Item
+from .conftest import Item, ids, raw_insert
 from .test_statements import FIRST_CONNECT, INSERT, shapes
 
 RAW_INSERT = "INSERT INTO items (id) VALUES (?)"
-
-
-def raw_insert(item_id: str) -> None:
-    with lambda_db.get_connection().cursor() as cur:
-        cur.execute("INSERT INTO items (id) VALUES (%s)", (item_id,))
-
-
-def ids(app_db: AppDb) -> list[str]:
-    return [item_id for (item_id,) in app_db.query("SELECT id FROM items ORDER BY id")]
 
 
 def test_bare_decorator_uses_the_default_database(env_db: AppDb) -> None:
@@ -120,7 +113,11 @@ def test_inside_with_connection_one_transaction_one_commit(
     assert handler({"id": "cold"}, LambdaContext()) == "ok"
     with pinlog.capture() as block:
         assert handler({"id": "warm"}, LambdaContext()) == "ok"
-    assert shapes(block.statements(env_db.role)) == ["BEGIN", RAW_INSERT, INSERT, "COMMIT"]
+    # The session began after with_connection's work: it runs in a savepoint of the one
+    # transaction (a rollback of the session's would not undo the raw insert).
+    assert shapes(block.statements(env_db.role)) == [
+        "BEGIN", RAW_INSERT, "SAVEPOINT sp", INSERT, "COMMIT",
+    ]  # fmt: skip
     assert ids(env_db) == ["orm-cold", "orm-warm", "raw-cold", "raw-warm"]
     db = lambda_db.default_database()
     assert (db.stats.invocations, db.stats.commits) == (2, 2)
@@ -144,7 +141,7 @@ def test_the_first_connect_inside_the_handlers_transaction_keeps_it(
         assert stacked(engine)({"id": "first"}, LambdaContext()) == "ok"
     learning = [s for s in FIRST_CONNECT[engine.dialect.driver] if s not in ("BEGIN", "ROLLBACK")]
     assert shapes(block.statements(env_db.role)) == [
-        "BEGIN", RAW_INSERT, *learning, INSERT, "COMMIT",
+        "BEGIN", RAW_INSERT, *learning, "SAVEPOINT sp", INSERT, "COMMIT",
     ]  # fmt: skip
     assert ids(env_db) == ["orm-first", "raw-first"]
 
@@ -199,3 +196,28 @@ def test_an_engine_per_database(app_db: AppDb, env_db: AppDb) -> None:
     assert db.stats.commits == 1
     assert lambda_db.default_database().stats.invocations == 0
     engine.dispose()
+
+
+def test_a_caught_failed_flush_commits_nothing_of_the_session_and_says_so(
+    engine: Engine, env_db: AppDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler answers 409 for a duplicate key: SQLAlchemy rolled the session's
+    transaction back when the flush failed; the warning says its pending work is gone."""
+    env_db.query("INSERT INTO items (id) VALUES ('dup')")
+
+    @with_session(engine)
+    def handler(event: Any, context: Any, session: Session) -> int:
+        session.add(Item(id="before"))
+        session.flush()
+        session.add(Item(id="dup"))
+        try:
+            session.flush()
+        except IntegrityError:
+            return 409
+        return 201
+
+    with caplog.at_level(logging.WARNING, logger="lambda_db.sqlalchemy._session"):
+        assert handler({}, LambdaContext()) == 409
+    assert "failed flush" in caplog.text
+    assert ids(env_db) == ["dup"]
+    assert env_db.backends("idle in transaction") == []

@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 import psycopg2
+import pytest
 import sqlalchemy
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import Engine
@@ -59,8 +60,10 @@ INSERT = "INSERT INTO items (id, n) VALUES (?, ?)"
 
 def shape(sql: str) -> str:
     """``sql`` on one line with its literals and parameters replaced by ``?`` (psycopg2 sends
-    values inline, psycopg 3 binds ``$1::BIGINT``)."""
+    values inline, psycopg 3 binds ``$1::BIGINT``) and lambda-db's savepoint names by
+    ``sp``."""
     bound = re.sub(r"\$\d+(?:::\w+)?", "?", " ".join(sql.split()))
+    bound = re.sub(r"\blambda_db_\d+\b", "sp", bound)
     return re.sub(r"'(?:[^']|'')*'|\b\d+\b", "?", bound)
 
 
@@ -165,9 +168,12 @@ def test_transaction_options_go_with_begin_never_as_set(
     ]
 
 
-def test_an_explicit_commit_or_rollback_acts_at_once(
+def test_a_commit_joins_the_invocation_and_a_later_rollback_undoes_only_what_followed(
     engine: Engine, env_db: AppDb, pinlog: PinLog
 ) -> None:
+    """``session.commit()`` sends no COMMIT (the invocation commits once, at its end); the
+    session's next transaction runs in a savepoint, so its rollback keeps what was committed."""
+
     @with_session(engine)
     def handler(event: Any, context: Any, session: Session) -> str:
         session.add(Item(id="committed"))
@@ -181,9 +187,23 @@ def test_an_explicit_commit_or_rollback_acts_at_once(
     with pinlog.capture() as block:
         assert handler({}, LambdaContext()) == "ok"
     assert shapes(block.statements(env_db.role)) == [
-        "BEGIN", INSERT, "COMMIT", "BEGIN", INSERT, "ROLLBACK",
+        "BEGIN", INSERT, "SAVEPOINT sp", INSERT, "ROLLBACK TO SAVEPOINT sp", "COMMIT",
     ]  # fmt: skip
     assert env_db.query("SELECT id FROM items ORDER BY id") == [("committed",), ("warm",)]
+
+
+def test_a_commit_inside_the_handler_is_undone_when_the_handler_raises(
+    engine: Engine, env_db: AppDb
+) -> None:
+    @with_session(engine)
+    def handler(event: Any, context: Any, session: Session) -> None:
+        session.add(Item(id="committed-then-raised"))
+        session.commit()
+        raise RuntimeError("after the commit")
+
+    with pytest.raises(RuntimeError, match="after the commit"):
+        handler({}, LambdaContext())
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
 
 
 # -- the controls: the same log sees what SQLAlchemy's own pools send ----------------------
