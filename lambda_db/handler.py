@@ -79,6 +79,16 @@ def reset() -> None:
         db.close()
 
 
+def _normal(
+    options: tuple[bool, str | None, bool | None, bool | None] | None,
+) -> tuple[bool, str | None, bool | None, bool | None] | None:
+    """Options with the isolation level's case made irrelevant."""
+    if options is None:
+        return None
+    autocommit, level, readonly, deferrable = options
+    return autocommit, None if level is None else level.upper(), readonly, deferrable
+
+
 def check_joinable(
     scope: Invocation,
     options: tuple[bool, str | None, bool | None, bool | None] | None,
@@ -86,7 +96,7 @@ def check_joinable(
 ) -> None:
     """Refuse to join ``scope`` with transaction options (or conflict retries) of one's own:
     the scope being joined owns the transaction."""
-    if options is not None and options != scope.options:
+    if options is not None and _normal(options) != _normal(scope.options):
         raise ConfigurationError(
             f"transaction options {options!r} differ from those of the invocation already in "
             f"progress on this Database ({scope.options!r}): set them on the outer decorator",

@@ -194,7 +194,8 @@ def idempotent(
                 if not store.store(cur, record_key, text):
                     raise LambdaDbError(
                         f"idempotency key {record_key}: the handler ended the invocation's "
-                        "transaction itself (conn.commit(), session.commit(), a rollback), "
+                        "transaction itself (conn.commit(), conn.rollback(), or with_session's "
+                        "session.rollback()), "
                         "which separated its writes from their record; under @idempotent the "
                         "invocation commits, once, when the handler returns"
                     )
@@ -254,7 +255,7 @@ def _replay(db: Database, record: Record, key: str, payload_hash: str) -> Any:
         raise LambdaDbError(
             f"idempotency key {key} is claimed without a result: an idempotent function "
             "called itself (or another with the same key) in this transaction, or an earlier "
-            "invocation ended its transaction itself (conn.commit(), session.commit()) and "
+            "invocation ended its transaction itself (conn.commit()) and "
             "committed the claim without its result; the key stays claimed until it expires"
         )
     _count("replays")

@@ -312,3 +312,15 @@ def test_a_cursor_used_after_close_is_the_handlers_error_not_a_lost_connection(
     assert not isinstance(info.value, lambda_db.ConnectionLostError)
     stats = lambda_db.default_database().stats
     assert (stats.connections_lost, stats.connects) == (0, 1)  # the connection was kept
+
+
+def test_joining_compares_isolation_levels_regardless_of_case(env_db: AppDb) -> None:
+    @with_connection(isolation_level="serializable")
+    def inner(event: object, context: object) -> str:
+        return str(lambda_db.default_database().current.isolation_level)  # type: ignore[union-attr]
+
+    @with_connection(isolation_level="SERIALIZABLE")
+    def outer(event: object, context: object) -> str:
+        return inner(event, context)
+
+    assert outer({}, LambdaContext()) == "SERIALIZABLE"
