@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pkgutil
 import re
+import tomllib
 from typing import Any
 
 import pytest
@@ -75,6 +76,25 @@ def test_is_a_sam_template_on_the_newest_python_sam_and_cfn_lint_support(
         assert "Architectures" not in function["Properties"], name
 
 
+#: The first SAM CLI release whose ``SUPPORTED_RUNTIMES`` names each runtime: checked in
+#: the wheels (``pip download --no-deps aws-sam-cli==X``): 1.145.2 lacks python3.14,
+#: 1.146.0 has it.
+FIRST_SAM_CLI = {"python3.14": (1, 146, 0)}
+
+
+def test_the_invoke_extra_and_the_classifiers_cover_the_runtime(template: dict[str, Any]) -> None:
+    runtime = template["Globals"]["Function"]["Runtime"]
+    with (REPO / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)["project"]
+    (sam,) = [r for r in project["optional-dependencies"]["invoke"] if r.startswith("aws-sam")]
+    match = re.fullmatch(r"aws-sam-cli>=([0-9.]+)", sam)
+    assert match, sam
+    floor = tuple(int(part) for part in match.group(1).split("."))
+    assert floor >= FIRST_SAM_CLI[runtime], f"{sam} allows a SAM CLI that cannot read {runtime}"
+    version = runtime.removeprefix("python")
+    assert f"Programming Language :: Python :: {version}" in project["classifiers"]
+
+
 def test_architecture_is_a_parameter_arm64_by_default(template: dict[str, Any]) -> None:
     parameter = template["Parameters"]["Architecture"]
     assert parameter["Default"] == "arm64"
@@ -136,6 +156,17 @@ def test_powertools_service_names_are_fixed_and_hide_no_logger(template: dict[st
     for service in services.values():
         hidden = [logger for logger in loggers if service in logger]
         assert not hidden, f"service {service!r} would hide {hidden}"
+
+
+def test_lambda_db_dev_names_the_templates_functions_and_service(
+    template: dict[str, Any],
+) -> None:
+    from lambda_db.cli import dev
+
+    assert function_env(template, dev.SCHEMA_FUNCTION)["POWERTOOLS_SERVICE_NAME"] == (
+        dev.SCHEMA_SERVICE
+    )
+    assert function_env(template, dev.REPORT_FUNCTION)["DB_USER"] == {"Ref": "ReportDbUser"}
 
 
 def test_the_functions_own_modules_name_no_service(template: dict[str, Any]) -> None:
