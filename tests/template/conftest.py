@@ -26,6 +26,17 @@ TEMPLATE = REPO / "template.yaml"
 EVENTS = REPO / "events"
 ENV_JSON = EVENTS / "env.json"
 
+#: The template's functions, by logical id.
+FUNCTIONS = frozenset(
+    {
+        "ItemsFunction",
+        "StockFunction",
+        "ItemImportFunction",
+        "ConnectionReportFunction",
+        "SchemaSetupFunction",
+    }
+)
+
 #: Which function each event file is for, by file name prefix.
 FUNCTION_BY_PREFIX = {
     "items-": "ItemsFunction",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.template.conftest import REPO, TEMPLATE, tool
+from tests.template.conftest import FUNCTIONS, REPO, TEMPLATE, tool
 
 RUNTIME = "3.14"
 CP = "cp" + RUNTIME.replace(".", "")
@@ -132,13 +132,7 @@ WITH_LIBRARIES = {"StockFunction"}
 
 def test_every_function_is_built(built: Path, template: dict[str, Any]) -> None:
     functions = handler_modules(template)
-    assert set(functions) == {
-        "ItemsFunction",
-        "StockFunction",
-        "ConnectionReportFunction",
-        "SchemaSetupFunction",
-        "ItemImportFunction",
-    }
+    assert set(functions) == FUNCTIONS
     for function, module in functions.items():
         assert (built / function / f"{module}.py").is_file(), function
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.template.conftest import TEMPLATE
+from tests.template.conftest import FUNCTIONS, TEMPLATE
 from tests.template.test_structure import FUNCTION, function_env, props, resources
 
 PROXY_RESOURCE_ID = {
@@ -120,13 +120,7 @@ def test_functions_log_in_as_their_roles_and_only_the_schema_setup_as_master(
     template: dict[str, Any],
 ) -> None:
     functions = resources(template, FUNCTION)
-    assert set(functions) == {
-        "ItemsFunction",
-        "StockFunction",
-        "ConnectionReportFunction",
-        "SchemaSetupFunction",
-        "ItemImportFunction",
-    }
+    assert set(functions) == FUNCTIONS
     expected_user = {
         "ItemsFunction": "AppDbUser",
         "StockFunction": "AppDbUser",
