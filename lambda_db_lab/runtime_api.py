@@ -28,6 +28,12 @@ line by line, so standard output is left for responses.
 Lambda is followed where it and ``sam local invoke`` differ: init errors are returned on
 the first invocation, and a timeout ends the environment.
 
+The runtime never outlives the process that started it, even one killed with SIGKILL:
+it is started with ``PR_SET_PDEATHSIG=SIGKILL`` (Linux), so the kernel kills it, frozen
+or not, when its parent goes, and with it the database connections it holds. The
+kernel sends that signal when the *thread* that started the runtime ends: start an
+environment from a thread that outlives it (the main thread, as the CLI does).
+
 Example::
 
     with ExecutionEnvironment("app.handler", code_dir="src", timeout=3.0) as env:
@@ -39,6 +45,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.server
 import json
 import logging
@@ -60,6 +67,8 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX = "/2018-06-01/runtime"
 ERROR_TYPE_HEADER = "Lambda-Runtime-Function-Error-Type"
+#: ``prctl`` option: the signal the kernel sends a process when its parent (thread) ends.
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -348,6 +357,7 @@ class ExecutionEnvironment:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: frozen and killed as one
+            preexec_fn=_killed_with_parent(),  # the kernel kills it if we die
         )
         assert proc.stdout is not None
         self._pump = threading.Thread(
@@ -473,6 +483,26 @@ class ExecutionEnvironment:
             out.write(line.decode("utf-8", "replace").replace("\r", "\n"))
             out.flush()
         stream.close()
+
+
+def _killed_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when this process (the
+    calling thread) ends: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``. ``None`` off Linux.
+
+    The function and the parent's pid are looked up here, before the fork: the child
+    only makes the system call. A parent that died between the fork and the call is
+    caught by comparing ``getppid()``.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        if prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0 or os.getppid() != parent:
+            os._exit(127)
+
+    return die_with_parent
 
 
 def _result(request_id: str, answer: Answer, duration: float, *, cold: bool) -> Result:

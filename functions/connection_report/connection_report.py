@@ -4,7 +4,15 @@ Runs on a schedule. :func:`lambda_db.diagnostics.collect` reads ``pg_stat_activi
 ``pg_roles`` and ``pg_database`` over the function's own connection and returns each
 limit that applies: the server's ``max_connections`` (less the reserved slots), each
 role's ``CONNECTION LIMIT`` and each database's. Published through Powertools Metrics
-(CloudWatch embedded metric format: log lines, no API call, no NAT needed):
+(CloudWatch embedded metric format: log lines, no API call, no NAT needed).
+
+It logs in as a role of its own (``ReportDbUser`` in template.yaml, created by the schema
+setup), a member of ``pg_monitor``: only with ``pg_read_all_stats`` does
+``pg_stat_activity`` show the state of another role's sessions, so as the application
+role the report would count the master user's idle-in-transaction sessions as 0. The role
+has no privilege on any table.
+
+Metrics:
 
 * ``ConnectionUtilization`` (Percent) and ``ConnectionHeadroom`` (Count) per limit, with
   dimensions ``scope`` (server, role, database) and ``limit`` (its name);

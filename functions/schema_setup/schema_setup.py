@@ -1,11 +1,14 @@
 """Schema setup: a CloudFormation custom resource that creates the items table and the
-application role the other functions log in as.
+two roles the other functions log in as.
 
 * ``Create`` and ``Update`` run the migration, as the master user (the only code that
   does): idempotent statements in one transaction under an advisory lock, so running it
   twice, or twice at once, is safe. It creates the ``items`` table and lambda_db's
   idempotency table (``lambda_db.idempotency.ensure_schema``), both owned by the master
-  user, and the application role named by the ``AppUser`` property:
+  user, the application role named by the ``AppUser`` property, and the connection
+  report's role named by ``ReportUser``.
+
+  The application role (the items, stock and item import functions):
 
   - ``LOGIN``, no other attribute; ``GRANT rds_iam`` where that role exists (RDS), so it
     logs in with IAM tokens only; ``CONNECT`` on this database, ``USAGE`` on ``public``
@@ -21,10 +24,21 @@ application role the other functions log in as.
     (which would pin their RDS Proxy sessions). A changed value applies to new
     connections; the proxy's pooled ones keep the old value until it replaces them.
 
-  A role of that name that already exists is reused, unless it has more than ``LOGIN``
-  (superuser, ``CREATEROLE``, ``CREATEDB``, ``BYPASSRLS``, replication): then the
-  migration fails rather than hand the API a powerful role.
-* ``Delete`` succeeds without touching the database: the data and the role outlive the
+  The report role (the connection report): ``LOGIN``, ``rds_iam`` where it exists,
+  ``CONNECT`` on this database and membership in ``pg_monitor``, which lets it see the
+  state and age of every role's sessions in ``pg_stat_activity`` (an ordinary role sees
+  its own only, and would count another role's idle-in-transaction sessions as 0) and
+  read the server's settings; no privilege on any table, so it reads statistics and
+  never data. It gets the same role defaults.
+
+  A role of either name that already exists is reused only if it is no more than the
+  migration makes it: the migration fails, rather than hand a function a powerful role,
+  when the role has an attribute beyond ``LOGIN`` (superuser, ``CREATEROLE``,
+  ``CREATEDB``, ``BYPASSRLS``, replication), is a member of any role it is not given
+  here (it would inherit that role's privileges: ``GRANT app_admin TO app_user`` would
+  let the API drop the table), owns any object, or holds a privilege on any object
+  other than those granted here.
+* ``Delete`` succeeds without touching the database: the data and the roles outlive the
   stack (the instance's final snapshot keeps them), and the database may already be
   unreachable.
 
@@ -34,9 +48,10 @@ function's ``DB_DEADLINE_MARGIN`` (template.yaml) keeps 30 seconds of its timeou
 for that: lambda_db's connection retries stop there.
 
 Like the other functions it logs in to RDS Proxy with an IAM token: it never reads the
-database secret (the proxy does). ``APP_DB_PASSWORD`` exists for local runs only: when
-set, the application role also gets that password (sent as a SCRAM verifier computed
-here, never as clear text), so that functions run on a laptop can log in as it.
+database secret (the proxy does). ``APP_DB_PASSWORD`` and ``REPORT_DB_PASSWORD`` exist
+for local runs only: when set, the application (report) role also gets that password
+(sent as a SCRAM verifier computed here, never as clear text), so that functions run on a
+laptop can log in as it.
 """
 
 from __future__ import annotations
@@ -51,6 +66,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2.errors
 import psycopg2.extensions
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -67,12 +83,16 @@ RESPONSE_TIMEOUT = 10.0
 MAX_REASON_LENGTH = 1000
 #: Local runs only: a password for the application role (empty in AWS).
 APP_PASSWORD_VARIABLE = "APP_DB_PASSWORD"  # noqa: S105 - a variable name
+#: Local runs only: a password for the report role (empty in AWS).
+REPORT_PASSWORD_VARIABLE = "REPORT_DB_PASSWORD"  # noqa: S105 - a variable name
 #: The RDS role whose members log in with IAM tokens (absent outside RDS).
 RDS_IAM_ROLE = "rds_iam"
+#: PostgreSQL's predefined role that reads every session's statistics and the settings.
+MONITOR_ROLE = "pg_monitor"
 #: The privileges the application role gets on the tables, and nothing else.
 TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 TABLES = ("items", DEFAULT_TABLE)
-#: Role names the template allows (AppDbUser's AllowedPattern).
+#: Role names the template allows (AppDbUser's and ReportDbUser's AllowedPattern).
 ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 #: Bounds of the timeout properties, in milliseconds (0 would mean "no timeout").
 MIN_TIMEOUT_MS = 100
@@ -89,9 +109,38 @@ CREATE TABLE IF NOT EXISTS items (
     updated_at  timestamptz NOT NULL DEFAULT now()
 )
 """
+# What an existing role is beyond what the migration makes it: its attributes beyond
+# LOGIN, the roles it is a member of, how many objects it owns (pg_shdepend's "o" entries
+# cover every database and the shared objects), and the objects it holds a privilege on
+# ("a" entries) other than the ones the migration grants it: this database, and the
+# schemas and tables named.
 _ROLE = """
-SELECT rolsuper OR rolcreaterole OR rolcreatedb OR rolbypassrls OR rolreplication
-  FROM pg_roles WHERE rolname = %s
+WITH db AS (SELECT oid FROM pg_database WHERE datname = current_database()),
+allowed (classid, objid) AS (
+    SELECT 'pg_database'::regclass::oid, oid FROM db
+    UNION ALL
+    SELECT 'pg_namespace'::regclass::oid, oid FROM pg_namespace WHERE nspname = ANY(%(schemas)s)
+    UNION ALL
+    SELECT 'pg_class'::regclass::oid, oid FROM pg_class
+     WHERE oid = ANY(ARRAY(SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t))
+)
+SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolbypassrls OR r.rolreplication,
+       ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+              WHERE m.member = r.oid ORDER BY 1),
+       (SELECT count(*)::int FROM pg_shdepend d
+         WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid AND d.deptype = 'o'),
+       ARRAY(SELECT CASE WHEN d.dbid IN (0, (SELECT oid FROM db))
+                         THEN coalesce(pg_describe_object(d.classid, d.objid, d.objsubid),
+                                       'an object')
+                         ELSE 'an object in another database' END
+               FROM pg_shdepend d
+              WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid
+                AND d.deptype = 'a'
+                AND NOT (d.dbid IN (0, (SELECT oid FROM db))
+                         AND (d.classid, d.objid) IN (SELECT classid, objid FROM allowed))
+              ORDER BY 1)
+  FROM pg_roles r
+ WHERE r.rolname = %(role)s
 """
 
 
@@ -100,29 +149,35 @@ class PropertyError(ValueError):
 
 
 @dataclass(frozen=True)
-class AppRole:
-    """The application role the migration creates, from the resource's properties.
+class Roles:
+    """The two roles the migration creates, from the resource's properties.
 
-    >>> AppRole.from_properties({"AppUser": "app_user", "StatementTimeoutMs": "5000",
-    ...     "LockTimeoutMs": 2000, "IdleInTransactionTimeoutMs": "10000"}).defaults
-    {'statement_timeout': 5000, 'lock_timeout': 2000, 'idle_in_transaction_session_timeout': 10000}
+    >>> roles = Roles.from_properties({"AppUser": "app_user", "ReportUser": "app_report",
+    ...     "StatementTimeoutMs": "5000", "LockTimeoutMs": 2000,
+    ...     "IdleInTransactionTimeoutMs": "10000"})
+    >>> roles.app, roles.report, roles.defaults["lock_timeout"]
+    ('app_user', 'app_report', 2000)
     """
 
-    name: str
+    #: The application role: DML on the tables.
+    app: str
+    #: The connection report's role: pg_monitor, no table.
+    report: str
     statement_timeout_ms: int
     lock_timeout_ms: int
     idle_in_transaction_timeout_ms: int
 
     @classmethod
-    def from_properties(cls, properties: dict[str, Any]) -> AppRole:
-        """Read and check ``AppUser`` and the three timeouts (CloudFormation sends strings)."""
-        name = properties.get("AppUser")
-        if not isinstance(name, str) or not ROLE_NAME.match(name):
-            raise PropertyError(
-                f"AppUser must be a role name matching {ROLE_NAME.pattern}, got {name!r}"
-            )
+    def from_properties(cls, properties: dict[str, Any]) -> Roles:
+        """Read and check ``AppUser``, ``ReportUser`` and the three timeouts
+        (CloudFormation sends strings)."""
+        app = _role_name(properties, "AppUser")
+        report = _role_name(properties, "ReportUser")
+        if app == report:
+            raise PropertyError(f"AppUser and ReportUser must differ, both are {app!r}")
         return cls(
-            name=name,
+            app=app,
+            report=report,
             statement_timeout_ms=_milliseconds(properties, "StatementTimeoutMs"),
             lock_timeout_ms=_milliseconds(properties, "LockTimeoutMs"),
             idle_in_transaction_timeout_ms=_milliseconds(properties, "IdleInTransactionTimeoutMs"),
@@ -130,12 +185,34 @@ class AppRole:
 
     @property
     def defaults(self) -> dict[str, int]:
-        """The role defaults, setting name to milliseconds."""
+        """The role defaults of both roles, setting name to milliseconds."""
         return {
             "statement_timeout": self.statement_timeout_ms,
             "lock_timeout": self.lock_timeout_ms,
             "idle_in_transaction_session_timeout": self.idle_in_transaction_timeout_ms,
         }
+
+
+@dataclass(frozen=True)
+class _Grants:
+    """What the migration gives one role: memberships, and objects it may hold privileges on."""
+
+    member_of: tuple[str, ...]
+    schemas: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+
+
+#: The application role: DML on the tables, through schema public.
+_APP_GRANTS = _Grants(member_of=(RDS_IAM_ROLE,), schemas=("public",), tables=TABLES)
+#: The report role: statistics and settings, no table.
+_REPORT_GRANTS = _Grants(member_of=(RDS_IAM_ROLE, MONITOR_ROLE))
+
+
+def _role_name(properties: dict[str, Any], key: str) -> str:
+    name = properties.get(key)
+    if not isinstance(name, str) or not ROLE_NAME.match(name):
+        raise PropertyError(f"{key} must be a role name matching {ROLE_NAME.pattern}, got {name!r}")
+    return name
 
 
 def _milliseconds(properties: dict[str, Any], key: str) -> int:
@@ -160,14 +237,19 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     status, reason, data = "SUCCESS", "", {"Table": "items"}
     try:
         if request_type in ("Create", "Update"):
-            role = migrate(event, context)
-            data["AppUser"] = role.name
+            roles = migrate(event, context)
+            data.update(AppUser=roles.app, ReportUser=roles.report)
             logger.info(
                 "schema is up to date",
-                extra={"request_type": request_type, "app_user": role.name, **role.defaults},
+                extra={
+                    "request_type": request_type,
+                    "app_user": roles.app,
+                    "report_user": roles.report,
+                    **roles.defaults,
+                },
             )
         elif request_type == "Delete":
-            logger.info("delete: the table, its data and the application role are kept")
+            logger.info("delete: the table, its data and the roles are kept")
         else:
             status, reason = "FAILED", f"unknown RequestType {request_type!r}"
     except Exception as exc:
@@ -180,63 +262,123 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 @with_connection
-def migrate(event: dict[str, Any], context: LambdaContext) -> AppRole:
-    """Run the idempotent migration in the invocation's transaction; return the role."""
+def migrate(event: dict[str, Any], context: LambdaContext) -> Roles:
+    """Run the idempotent migration in the invocation's transaction; return the roles."""
     # Checked before the first use of the connection.
-    role = AppRole.from_properties(event.get("ResourceProperties") or {})
+    roles = Roles.from_properties(event.get("ResourceProperties") or {})
     conn = lambda_db.get_connection()
     with conn.cursor() as cur:
         cur.execute(_LOCK)
         cur.execute(_TABLE)
         ensure_schema(conn)
-        _ensure_role(cur, role)
-        _grant(cur, role)
-        password = os.environ.get(APP_PASSWORD_VARIABLE, "")
-        if password:
-            verifier = psycopg2.extensions.encrypt_password(password, role.name, conn)
-            cur.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(role.name)),
-                (verifier,),
-            )
-            logger.warning(
-                "%s is set: the application role also accepts a password (local runs only)",
-                APP_PASSWORD_VARIABLE,
-            )
-    return role
+        cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (RDS_IAM_ROLE,))
+        on_rds = cur.fetchone() is not None
+        for name, grants, variable in (
+            (roles.app, _APP_GRANTS, APP_PASSWORD_VARIABLE),
+            (roles.report, _REPORT_GRANTS, REPORT_PASSWORD_VARIABLE),
+        ):
+            _ensure_role(cur, name, grants, roles.defaults)
+            password = os.environ.get(variable, "")
+            if password:
+                verifier = psycopg2.extensions.encrypt_password(password, name, conn)
+                cur.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(name)),
+                    (verifier,),
+                )
+            _grant_login(cur, name, on_rds=on_rds, password=bool(password), variable=variable)
+        _grant_tables(cur, roles.app)
+        _grant_monitoring(cur, roles.report)
+    return roles
 
 
-def _ensure_role(cur: psycopg2.extensions.cursor, role: AppRole) -> None:
-    cur.execute(_ROLE, (role.name,))
+def _ensure_role(
+    cur: psycopg2.extensions.cursor, name: str, grants: _Grants, defaults: dict[str, int]
+) -> None:
+    """Create ``name`` (LOGIN only), or check that the existing role is no more than the
+    migration makes it; then set its role defaults."""
+    cur.execute(
+        _ROLE, {"role": name, "schemas": list(grants.schemas), "tables": list(grants.tables)}
+    )
     row = cur.fetchone()
     if row is None:
-        cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role.name)))
-    elif row[0]:
-        raise PermissionError(
-            f"role {role.name!r} already exists with more than LOGIN (superuser, CREATEROLE, "
-            "CREATEDB, BYPASSRLS or REPLICATION): the API will not run as it; choose another "
-            "AppDbUser or strip those attributes"
-        )
-    cur.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(role.name)))
-    for setting, milliseconds in role.defaults.items():
+        cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    else:
+        _refuse_more_than_granted(name, grants, *row)
+    cur.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(name)))
+    for setting, milliseconds in defaults.items():
         cur.execute(
             sql.SQL("ALTER ROLE {} SET {} = %s").format(
-                sql.Identifier(role.name), sql.Identifier(setting)
+                sql.Identifier(name), sql.Identifier(setting)
             ),
             (milliseconds,),
         )
-    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (RDS_IAM_ROLE,))
-    if cur.fetchone() is not None:
+
+
+def _refuse_more_than_granted(
+    name: str,
+    grants: _Grants,
+    attributes: bool,
+    member_of: list[str],
+    owned: int,
+    privileges: list[str],
+) -> None:
+    """:class:`PermissionError` naming what the existing role ``name`` has beyond the
+    migration's grants; the whole migration then rolls back."""
+    found = []
+    if attributes:
+        found.append(
+            "an attribute beyond LOGIN (superuser, CREATEROLE, CREATEDB, BYPASSRLS or REPLICATION)"
+        )
+    other_roles = [role for role in member_of if role not in grants.member_of]
+    if other_roles:
+        found.append(
+            f"membership in {', '.join(other_roles)} (whose privileges it would use; "
+            f"REVOKE {', '.join(other_roles)} FROM {name})"
+        )
+    if owned:
+        found.append(f"{owned} object(s) it owns (REASSIGN OWNED BY {name} TO ...)")
+    if privileges:
+        shown = ", ".join(privileges[:5]) + (", ..." if len(privileges) > 5 else "")
+        found.append(f"privileges on {shown}")
+    if found:
+        raise PermissionError(
+            f"role {name!r} already exists with more than LOGIN and this migration's grants: "
+            f"{'; '.join(found)}. No function will log in as it: choose another name, or "
+            "take those away"
+        )
+
+
+def _grant_login(
+    cur: psycopg2.extensions.cursor, name: str, *, on_rds: bool, password: bool, variable: str
+) -> None:
+    """``GRANT rds_iam`` (IAM tokens only) on RDS; say how the role logs in elsewhere."""
+    if on_rds:
         cur.execute(
-            sql.SQL("GRANT {} TO {}").format(
-                sql.Identifier(RDS_IAM_ROLE), sql.Identifier(role.name)
+            sql.SQL("GRANT {} TO {}").format(sql.Identifier(RDS_IAM_ROLE), sql.Identifier(name))
+        )
+        if password:
+            logger.warning(
+                "%s is set on RDS: unset it (%s logs in with IAM tokens only)", variable, name
             )
+    elif password:
+        # A local run (lambda-db dev, the tests): the password is how it logs in.
+        logger.info(
+            "%s logs in with the password from %s (a local run: no %s role outside RDS)",
+            name,
+            variable,
+            RDS_IAM_ROLE,
         )
     else:
-        logger.warning("no %s role (not RDS): %s cannot log in with IAM", RDS_IAM_ROLE, role.name)
+        logger.warning(
+            "%s cannot log in: no %s role (not RDS) for IAM tokens, and no %s",
+            name,
+            RDS_IAM_ROLE,
+            variable,
+        )
 
 
-def _grant(cur: psycopg2.extensions.cursor, role: AppRole) -> None:
-    app = sql.Identifier(role.name)
+def _grant_tables(cur: psycopg2.extensions.cursor, name: str) -> None:
+    app = sql.Identifier(name)
     cur.execute("SELECT current_database()")
     (database_name,) = cur.fetchone() or ("",)
     database = sql.Identifier(database_name)
@@ -246,9 +388,26 @@ def _grant(cur: psycopg2.extensions.cursor, role: AppRole) -> None:
     cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(app))
     privileges = sql.SQL(", ").join(sql.SQL(p) for p in TABLE_PRIVILEGES)
     for table in TABLES:
-        name = sql.Identifier(table)
-        cur.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(name, app))
-        cur.execute(sql.SQL("GRANT {} ON TABLE {} TO {}").format(privileges, name, app))
+        table_name = sql.Identifier(table)
+        cur.execute(sql.SQL("REVOKE ALL ON TABLE {} FROM {}").format(table_name, app))
+        cur.execute(sql.SQL("GRANT {} ON TABLE {} TO {}").format(privileges, table_name, app))
+
+
+def _grant_monitoring(cur: psycopg2.extensions.cursor, name: str) -> None:
+    report = sql.Identifier(name)
+    cur.execute("SELECT current_database()")
+    (database_name,) = cur.fetchone() or ("",)
+    cur.execute(
+        sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database_name), report)
+    )
+    try:
+        cur.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(MONITOR_ROLE), report))
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        raise PermissionError(
+            f"the master user may not GRANT {MONITOR_ROLE} TO {name}: on RDS its "
+            "rds_superuser membership allows it; elsewhere, a superuser must GRANT "
+            f"{MONITOR_ROLE} TO it WITH ADMIN OPTION"
+        ) from exc
 
 
 def _answer(

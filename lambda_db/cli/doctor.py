@@ -10,6 +10,9 @@ above ``--threshold`` (80 %, the article's alarm) and for each role without one 
 timeouts, and recommendations tied to what was found (``ALTER ROLE ... SET`` for a
 missing timeout: a role default is applied by the server at login, costs nothing per
 invocation and, unlike a ``SET`` sent by the client, does not pin RDS Proxy sessions).
+A role that owns the database or tables in it (the master user, a migration role) is
+advised differently: its DDL may rightly run for minutes, so it is not told to take the
+application's 5-second ``statement_timeout``.
 
 Exit status: 0 when every limit is below the threshold, 1 when one is at or above it
 (so it can run from monitoring), 2 when the server cannot be reached. A missing timeout is
@@ -26,7 +29,10 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
+from collections.abc import Set
 from typing import Any
+
+import psycopg2.extensions
 
 from lambda_db.cli._connection import add_connection_options, connect, describe
 from lambda_db.cli._output import (
@@ -56,6 +62,24 @@ DEFAULT_IDLE_AGE = 10 * 60.0
 #: What the advice suggests for a missing timeout. A Lambda function's statements and
 #: transactions should end before the function does (10 s in the example stack).
 SUGGESTED_TIMEOUTS = {"statement_timeout": "5s", "idle_in_transaction_session_timeout": "10s"}
+#: ... and for a role that owns the database or its tables: it runs migrations, whose DDL
+#: may rightly take minutes (the example's schema setup has 300 s, 30 of them kept to
+#: answer CloudFormation), and an operator's psql session may pause inside a transaction.
+OWNER_SUGGESTED_TIMEOUTS = {
+    "statement_timeout": "4min",
+    "idle_in_transaction_session_timeout": "1min",
+}
+
+#: (role, database) pairs where the role owns the database (any database), or a table in
+#: the connected one.
+_OWNERS_SQL = """
+SELECT pg_get_userbyid(datdba), datname FROM pg_database
+UNION
+SELECT DISTINCT pg_get_userbyid(c.relowner), current_database()
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema'
+   AND n.nspname NOT LIKE 'pg\\_%'
+"""
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -97,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = collect(conn, idle_age=args.idle_age, max_stragglers=args.max_sessions)
         where = describe(conn)
+        owners = owner_pairs(conn)
     finally:
         conn.close()
     found = warnings(report, args.threshold)
-    advice = recommendations(report, args.threshold)
+    advice = recommendations(report, args.threshold, owners=owners)
     if args.json:
         print_json(
             {
@@ -113,8 +138,19 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(render(report, where=where, threshold=args.threshold))
+        print(render(report, where=where, threshold=args.threshold, owners=owners))
     return 1 if report.over(args.threshold) else 0
+
+
+def owner_pairs(conn: psycopg2.extensions.connection) -> frozenset[tuple[str, str]]:
+    """(role, database) where the role owns the database, or a table in the connected
+    database (read in a transaction of its own, rolled back)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(_OWNERS_SQL)
+            return frozenset((str(role), str(database)) for role, database in cur.fetchall())
+    finally:
+        conn.rollback()
 
 
 def _version(num: int) -> str:
@@ -157,21 +193,33 @@ def warnings(report: Report, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
     return found
 
 
-def fix_timeouts(timeouts: RoleTimeouts) -> list[str]:
-    """The ``ALTER ROLE`` statements that give a role the timeouts it lacks.
+def fix_timeouts(timeouts: RoleTimeouts, *, owner: bool = False) -> list[str]:
+    """The ``ALTER ROLE`` statements that give a role the timeouts it lacks; ``owner``:
+    values for a role that owns the database or its tables (it runs migrations).
 
-    >>> print(*fix_timeouts(RoleTimeouts("app", "db", {"statement_timeout": "0"},
-    ...     {"statement_timeout": "server"})))
+    >>> missing = RoleTimeouts("app", "db", {"statement_timeout": "0"},
+    ...     {"statement_timeout": "server"})
+    >>> print(*fix_timeouts(missing))
     ALTER ROLE "app" SET statement_timeout = '5s'
+    >>> print(*fix_timeouts(missing, owner=True))
+    ALTER ROLE "app" SET statement_timeout = '4min'
     """
+    values = OWNER_SUGGESTED_TIMEOUTS if owner else SUGGESTED_TIMEOUTS
     return [
-        f"ALTER ROLE {_quote(timeouts.role)} SET {name} = '{SUGGESTED_TIMEOUTS[name]}'"
+        f"ALTER ROLE {_quote(timeouts.role)} SET {name} = '{values[name]}'"
         for name in timeouts.unset
     ]
 
 
-def recommendations(report: Report, threshold: float = DEFAULT_THRESHOLD) -> list[str]:
-    """Advice tied to what ``report`` shows; empty when there is nothing to do."""
+def recommendations(
+    report: Report,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    owners: Set[tuple[str, str]] = frozenset(),
+) -> list[str]:
+    """Advice tied to what ``report`` shows; empty when there is nothing to do.
+    ``owners``: the (role, database) pairs where the role owns the database or its tables
+    (:func:`owner_pairs`), which get timeouts fit for migrations."""
     advice: list[str] = []
     for u in report.over(threshold):
         if u.scope == "server":
@@ -205,6 +253,18 @@ def recommendations(report: Report, threshold: float = DEFAULT_THRESHOLD) -> lis
             "SET for the roles concerned, or server-wide in the parameter group)."
         )
     for timeouts in report.without_timeouts():
+        if (timeouts.role, timeouts.database) in owners:
+            statements = "; ".join(fix_timeouts(timeouts, owner=True))
+            advice.append(
+                f"Role {_quote(timeouts.role)} owns database {_quote(timeouts.database)} or "
+                "tables in it: it runs migrations (the example stack's schema setup, whose "
+                "function has 300 s), so do not give it the application's short "
+                f"statement_timeout. Bound it above its longest migration instead "
+                f"({statements}); a migration that needs longer can SET LOCAL its own. "
+                "The application's functions should log in as a role of their own, which "
+                "gets the short timeouts."
+            )
+            continue
         statements = "; ".join(fix_timeouts(timeouts))
         advice.append(
             f"Give role {_quote(timeouts.role)} the timeouts it lacks ({statements}), with "
@@ -242,7 +302,13 @@ def recommendations(report: Report, threshold: float = DEFAULT_THRESHOLD) -> lis
     return advice
 
 
-def render(report: Report, *, where: str, threshold: float = DEFAULT_THRESHOLD) -> str:
+def render(
+    report: Report,
+    *,
+    where: str,
+    threshold: float = DEFAULT_THRESHOLD,
+    owners: Set[tuple[str, str]] = frozenset(),
+) -> str:
     """The report as text (what ``lambda-db doctor`` prints)."""
     out: list[str] = [
         f"lambda-db doctor: {where}, PostgreSQL {_version(report.server_version_num)}, "
@@ -341,7 +407,7 @@ def render(report: Report, *, where: str, threshold: float = DEFAULT_THRESHOLD) 
     found = warnings(report, threshold)
     out += ["", "Warnings" if found else "Warnings: none"]
     out += [f"  - {w}" for w in found]
-    advice = recommendations(report, threshold)
+    advice = recommendations(report, threshold, owners=owners)
     out += ["", "Recommendations" if advice else "Recommendations: none"]
     out += [f"  - {a}" for a in advice]
     return "\n".join(out)

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from lambda_db.cli._connection import CommandError, UsageError
+from lambda_db.cli._signals import sigterm_interrupts
 from lambda_db.errors import LambdaDbError
 
 __all__ = [
@@ -374,13 +375,18 @@ def run(args: argparse.Namespace) -> int:
     env_vars = _read_json(args.env_vars, "env vars") if args.env_vars else None
     if env_vars is not None and not isinstance(env_vars, dict):
         raise CommandError(f"{args.env_vars} must hold a JSON object (the env.json format)")
+    # SIGTERM (timeout, kill) closes the environment as Ctrl-C does; the runtime also dies
+    # with this process whatever kills it (lambda_db_lab.runtime_api: PR_SET_PDEATHSIG).
     try:
-        with LocalFunction(
-            args.function,
-            template_path=args.template,
-            env_vars=env_vars,
-            parameter_overrides=overrides,
-        ) as function:
+        with (
+            sigterm_interrupts(),
+            LocalFunction(
+                args.function,
+                template_path=args.template,
+                env_vars=env_vars,
+                parameter_overrides=overrides,
+            ) as function,
+        ):
             failed = False
             for event in events:
                 result = function.invoke(event)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import psycopg2
 import pytest
@@ -117,19 +118,66 @@ def test_an_unparsable_dsn_is_not_quoted_back(cli: Cli, dsn: str) -> None:
     assert "not a valid libpq connection string" in result.stderr
 
 
-def test_a_role_without_timeouts_is_reported_with_the_fix(cli: Cli, app_db: AppDb) -> None:
-    result = cli("doctor", env=app_db)
+@pytest.fixture
+def api_role(app_db: AppDb) -> Iterator[dict[str, str]]:
+    """A login role that owns nothing (an application's), as ``DB_*`` variables."""
+    name = f"{app_db.name}_api"
+    app_db.pg.create_role(name, "pw-api")
+    app_db.query(f'GRANT CONNECT ON DATABASE "{app_db.name}" TO "{name}"')
+    try:
+        yield {**app_db, "DB_USER": name, "DB_PASSWORD": "pw-api"}
+    finally:
+        app_db.pg.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
+        )
+        app_db.query(f'DROP OWNED BY "{name}"')
+        app_db.pg.execute(f'DROP ROLE "{name}"')
+
+
+def test_a_role_without_timeouts_is_reported_with_the_fix(
+    cli: Cli, api_role: dict[str, str]
+) -> None:
+    role = api_role["DB_USER"]
+    result = cli("doctor", env=api_role)
     assert result.status == 0, result.stderr  # limits decide the status, not timeouts
     lines = result.stdout.splitlines()
     start = lines.index("Session timeouts of login roles (0: never; where each value comes from)")
-    row = next(line for line in lines[start:] if line.strip().startswith(app_db.role))
+    row = next(line for line in lines[start:] if line.strip().startswith(role))
     assert row.split()[-1] == "WARNING"
     assert "0 (server)" in row
     assert (
-        f"ALTER ROLE \"{app_db.role}\" SET statement_timeout = '5s'; "
-        f"ALTER ROLE \"{app_db.role}\" SET idle_in_transaction_session_timeout = '10s'"
+        f"ALTER ROLE \"{role}\" SET statement_timeout = '5s'; "
+        f"ALTER ROLE \"{role}\" SET idle_in_transaction_session_timeout = '10s'"
     ) in result.stdout
     assert "without pinning RDS Proxy sessions" in result.stdout
+
+
+def test_the_database_owner_is_not_told_to_take_a_5s_statement_timeout(
+    cli: Cli, app_db: AppDb
+) -> None:
+    """The owner (the master user, which runs the migrations) is advised differently."""
+    data = cli("doctor", "--json", env=app_db).json()
+    assert any(w.startswith(f'role "{app_db.role}"') for w in data["warnings"])
+    (advice,) = [a for a in data["recommendations"] if f'ALTER ROLE "{app_db.role}"' in a]
+    assert f'owns database "{app_db.name}"' in advice
+    assert f"ALTER ROLE \"{app_db.role}\" SET statement_timeout = '4min'" in advice
+    assert f"ALTER ROLE \"{app_db.role}\" SET idle_in_transaction_session_timeout = '1min'" in (
+        advice
+    )
+    assert "'5s'" not in " ".join(data["recommendations"])
+
+
+def test_a_role_owning_tables_is_advised_as_an_owner(
+    cli: Cli, app_db: AppDb, api_role: dict[str, str]
+) -> None:
+    """Not the database's owner, but a table's (a migration role): owner's advice too."""
+    role = api_role["DB_USER"]
+    app_db.query("CREATE TABLE migrated (x int)")
+    app_db.query(f'ALTER TABLE migrated OWNER TO "{role}"')
+    data = cli("doctor", "--json", env=api_role).json()
+    (advice,) = [a for a in data["recommendations"] if f'ALTER ROLE "{role}"' in a]
+    assert f'Role "{role}" owns database "{app_db.name}" or tables in it' in advice
+    assert "statement_timeout = '4min'" in advice
 
 
 def test_role_defaults_silence_the_warning(cli: Cli, app_db: AppDb) -> None:

@@ -1,6 +1,7 @@
 """Fixtures for the template checks: the repository's files, env.json aimed at the test
 server, a stand-in for CloudFormation's response URL, a way to run an event file, and the
-application role the schema setup creates (a fresh one per test, dropped afterwards)."""
+application and report roles the schema setup creates (fresh ones per test, dropped
+afterwards)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ TEMPLATE = REPO / "template.yaml"
 EVENTS = REPO / "events"
 ENV_JSON = EVENTS / "env.json"
 
+#: The template's functions, by logical id.
+FUNCTIONS = frozenset(
+    {
+        "ItemsFunction",
+        "StockFunction",
+        "ItemImportFunction",
+        "ConnectionReportFunction",
+        "SchemaSetupFunction",
+    }
+)
+
 #: Which function each event file is for, by file name prefix.
 FUNCTION_BY_PREFIX = {
     "items-": "ItemsFunction",
@@ -35,10 +47,12 @@ FUNCTION_BY_PREFIX = {
 }
 #: The variables env.json points at a database; the tests aim them at their own.
 DB_VARIABLES = ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "DB_AUTH_MODE")
-#: The application role the schema events name; ``run`` gives each test its own instead.
+#: The roles the schema events name; ``run`` gives each test its own instead.
 EVENTS_APP_USER = "app_user"
-#: The schema setup's local-only variable: the application role's password.
+EVENTS_REPORT_USER = "app_report"
+#: The schema setup's local-only variables: the application and report roles' passwords.
 APP_PASSWORD_VARIABLE = "APP_DB_PASSWORD"
+REPORT_PASSWORD_VARIABLE = "REPORT_DB_PASSWORD"
 
 
 def function_for(event_file: str) -> str:
@@ -111,37 +125,56 @@ def transformed(template: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class AppRole:
-    """The application role a test's schema setup creates, and its local password."""
+    """A role a test's schema setup creates (the application or the report role), and its
+    local password."""
 
     name: str
     password: str
 
 
-@pytest.fixture
-def app_role(app_db: AppDb) -> Iterator[AppRole]:
-    """A role name of this test's own (roles are server-wide), dropped afterwards.
-
-    The database owner, which the schema setup logs in as here, gets CREATEROLE: on RDS
-    the master user has it (through rds_superuser).
-    """
-    role = AppRole(f"{app_db.name}_app", "app-pw-" + app_db.password)
-    app_db.pg.execute(f'ALTER ROLE "{app_db.role}" CREATEROLE')
-    yield role
+def _drop_role(app_db: AppDb, name: str) -> None:
     app_db.pg.execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role.name,)
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
     )
-    if app_db.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (role.name,)):
-        app_db.query(f'DROP OWNED BY "{role.name}"')
-        app_db.query(f'DROP ROLE "{role.name}"')
+    if app_db.query("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)):
+        app_db.query(f'DROP OWNED BY "{name}"')
+        app_db.query(f'DROP ROLE "{name}"')
 
 
 @pytest.fixture
-def env_vars(app_db: AppDb, app_role: AppRole) -> dict[str, Any]:
+def master(app_db: AppDb) -> AppDb:
+    """The database owner, which the schema setup logs in as here, made like RDS's master
+    user: CREATEROLE, and pg_monitor WITH ADMIN OPTION (what rds_superuser gives it), so
+    that it may grant pg_monitor to the report role on any PostgreSQL version."""
+    app_db.pg.execute(f'ALTER ROLE "{app_db.role}" CREATEROLE')
+    app_db.pg.execute(f'GRANT pg_monitor TO "{app_db.role}" WITH ADMIN OPTION')
+    return app_db
+
+
+@pytest.fixture
+def app_role(master: AppDb) -> Iterator[AppRole]:
+    """An application role name of this test's own (roles are server-wide), dropped
+    afterwards."""
+    role = AppRole(f"{master.name}_app", "app-pw-" + master.password)
+    yield role
+    _drop_role(master, role.name)
+
+
+@pytest.fixture
+def report_role(master: AppDb) -> Iterator[AppRole]:
+    """A report role name of this test's own, dropped afterwards."""
+    role = AppRole(f"{master.name}_report", "report-pw-" + master.password)
+    yield role
+    _drop_role(master, role.name)
+
+
+@pytest.fixture
+def env_vars(app_db: AppDb, app_role: AppRole, report_role: AppRole) -> dict[str, Any]:
     """events/env.json with its database variables aimed at this test's database.
 
     Every function logs in as the database owner here (the items tests change its
-    limits); the schema setup gives the application role a password, so tests can log in
-    as that role too (``app_role``).
+    limits); the schema setup gives the application and report roles passwords, so tests
+    can log in as those roles too (``app_role``, ``report_role``).
     """
     with ENV_JSON.open(encoding="utf-8") as f:
         env: dict[str, Any] = json.load(f)
@@ -150,7 +183,9 @@ def env_vars(app_db: AppDb, app_role: AppRole) -> dict[str, Any]:
         for name in set(ours) & set(section):
             section[name] = ours[name]
     env["Parameters"].update(ours)
-    env.setdefault("SchemaSetupFunction", {})[APP_PASSWORD_VARIABLE] = app_role.password
+    schema_setup = env.setdefault("SchemaSetupFunction", {})
+    schema_setup[APP_PASSWORD_VARIABLE] = app_role.password
+    schema_setup[REPORT_PASSWORD_VARIABLE] = report_role.password
     return env
 
 
@@ -199,13 +234,19 @@ Run = Callable[..., Any]
 
 
 @pytest.fixture
-def run(env_vars: dict[str, Any], cloudformation: CloudFormation, app_role: AppRole) -> Run:
+def run(
+    env_vars: dict[str, Any],
+    cloudformation: CloudFormation,
+    app_role: AppRole,
+    report_role: AppRole,
+) -> Run:
     """``run("items-get.json", **changes)``: invoke an event file as sam local invoke would.
 
     Keyword arguments: ``event`` (replaces the file's content), ``close_connections``,
     ``environ``; custom resource events answer the local ``cloudformation`` server and
-    name this test's application role.
+    name this test's application and report roles.
     """
+    ours = {EVENTS_APP_USER: app_role.name, EVENTS_REPORT_USER: report_role.name}
 
     def run_event(
         name: str,
@@ -218,8 +259,13 @@ def run(env_vars: dict[str, Any], cloudformation: CloudFormation, app_role: AppR
         if "ResponseURL" in payload:
             payload = {**payload, "ResponseURL": cloudformation.url}
         properties = payload.get("ResourceProperties")
-        if isinstance(properties, dict) and properties.get("AppUser") == EVENTS_APP_USER:
-            payload = {**payload, "ResourceProperties": {**properties, "AppUser": app_role.name}}
+        if isinstance(properties, dict):
+            renamed = {
+                key: ours[value]
+                for key, value in properties.items()
+                if key in ("AppUser", "ReportUser") and value in ours
+            }
+            payload = {**payload, "ResourceProperties": {**properties, **renamed}}
         return invoke(
             function_for(name),
             payload,

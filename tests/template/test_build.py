@@ -11,10 +11,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.template.conftest import REPO, TEMPLATE, tool
+from tests.template.conftest import FUNCTIONS, REPO, TEMPLATE, tool
 
 RUNTIME = "3.14"
 CP = "cp" + RUNTIME.replace(".", "")
@@ -116,13 +117,31 @@ def test_layer_psycopg2_is_a_cp314_manylinux_wheel_for_its_machine(
         assert glibc is None or int(glibc.group(1)) <= 34, tag
 
 
-def test_functions_hold_only_their_own_code(built: Path) -> None:
-    for function, module in (
-        ("ItemsFunction", "items_api.py"),
-        ("ConnectionReportFunction", "connection_report.py"),
-        ("SchemaSetupFunction", "schema_setup.py"),
-    ):
-        assert sorted(path.name for path in (built / function).iterdir()) == [module]
+def handler_modules(template: dict[str, Any]) -> dict[str, str]:
+    """Every function of the template, with the module its handler is in."""
+    return {
+        name: resource["Properties"]["Handler"].rsplit(".", 1)[0]
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+    }
+
+
+#: Functions that carry a library of their own beyond the layer (their build Makefile).
+WITH_LIBRARIES = {"StockFunction"}
+
+
+def test_every_function_is_built(built: Path, template: dict[str, Any]) -> None:
+    functions = handler_modules(template)
+    assert set(functions) == FUNCTIONS
+    for function, module in functions.items():
+        assert (built / function / f"{module}.py").is_file(), function
+
+
+def test_functions_hold_only_their_own_code(built: Path, template: dict[str, Any]) -> None:
+    for function, module in handler_modules(template).items():
+        if function not in WITH_LIBRARIES:
+            found = sorted(path.name for path in (built / function).iterdir())
+            assert found == [f"{module}.py"], function
     # The SQLAlchemy example carries SQLAlchemy (pure Python: one build for both machines).
     stock = built / "StockFunction"
     assert _top_level(stock) == {"stock_api.py", "sqlalchemy", "sqlalchemy.dist-info"}
@@ -150,7 +169,9 @@ def _runtime_python() -> str | None:
     return None
 
 
-def test_handlers_import_on_the_runtimes_python_from_the_layer_alone(built: Path) -> None:
+def test_handlers_import_on_the_runtimes_python_from_the_layer_alone(
+    built: Path, template: dict[str, Any]
+) -> None:
     python = _runtime_python()
     if python is None:
         pytest.skip(f"no local python{RUNTIME} to import the built artifacts with")
@@ -158,12 +179,7 @@ def test_handlers_import_on_the_runtimes_python_from_the_layer_alone(built: Path
     if native is None:
         pytest.skip(f"no layer for this machine ({platform.machine()})")
     layer = built / native / "python"
-    for function, module in (
-        ("ItemsFunction", "items_api"),
-        ("StockFunction", "stock_api"),
-        ("ConnectionReportFunction", "connection_report"),
-        ("SchemaSetupFunction", "schema_setup"),
-    ):
+    for function, module in handler_modules(template).items():
         # -S: no site-packages, so everything beyond the standard library comes from the
         # function and the layer, as on Lambda (which adds only boto3/botocore).
         code = (

@@ -28,7 +28,7 @@ def connect_as(app_db: AppDb, role: AppRole, **extra: Any) -> Any:
     )
 
 
-def create_event(**properties: str) -> dict[str, Any]:
+def create_event(**properties: Any) -> dict[str, Any]:
     event = load_event("schema-create.json")
     event["ResourceProperties"] = {**event["ResourceProperties"], **properties}
     return event
@@ -145,15 +145,16 @@ def test_an_update_changes_the_role_defaults(
     assert "statement_timeout=7000" in settings[0]
 
 
-def test_the_items_api_works_as_the_app_role(
-    schema: None, run: Run, app_db: AppDb, app_role: AppRole
+def test_the_functions_work_as_their_roles(
+    schema: None, run: Run, app_db: AppDb, app_role: AppRole, report_role: AppRole
 ) -> None:
     as_app = {"DB_USER": app_role.name, "DB_PASSWORD": app_role.password}
     created = run("items-create.json", environ=as_app)
     assert created["statusCode"] == 201, created
     listed = run("items-list.json", environ=as_app)
     assert listed["statusCode"] == 200, listed
-    report = run("connection-report.json", environ=as_app)
+    as_report = {"DB_USER": report_role.name, "DB_PASSWORD": report_role.password}
+    report = run("connection-report.json", environ=as_report)
     assert "limits" in report, report
     (count,) = app_db.query("SELECT count(*) FROM items")
     assert count == (1,)
@@ -170,12 +171,16 @@ def rds_iam(app_db: AppDb) -> Iterator[None]:
         app_db.pg.execute("DROP ROLE rds_iam")
 
 
-def test_app_role_logs_in_with_iam_where_rds_iam_exists(
-    rds_iam: None, run: Run, app_db: AppDb, app_role: AppRole
+def test_both_roles_log_in_with_iam_where_rds_iam_exists(
+    rds_iam: None, run: Run, app_db: AppDb, app_role: AppRole, report_role: AppRole
 ) -> None:
     assert run("schema-create.json")["Status"] == "SUCCESS"
-    (member,) = app_db.query("SELECT pg_has_role(%s, 'rds_iam', 'MEMBER')", (app_role.name,))
-    assert member == (True,)
+    for role in (app_role, report_role):
+        (member,) = app_db.query("SELECT pg_has_role(%s, 'rds_iam', 'MEMBER')", (role.name,))
+        assert member == (True,)
+    # The next deploy reuses them: rds_iam is one of the migration's own grants.
+    update = run("schema-update.json")
+    assert update["Status"] == "SUCCESS", update
 
 
 def test_a_powerful_existing_role_is_refused(
@@ -194,13 +199,16 @@ def test_a_powerful_existing_role_is_refused(
     [
         ({"AppUser": 'x"; DROP TABLE items; --'}, "AppUser must be a role name"),
         ({"AppUser": ""}, "AppUser must be a role name"),
+        ({"ReportUser": "Report-Role"}, "ReportUser must be a role name"),
+        ({"ReportUser": None}, "ReportUser must be a role name"),
+        ({"ReportUser": "same", "AppUser": "same"}, "AppUser and ReportUser must differ"),
         ({"StatementTimeoutMs": "0"}, "StatementTimeoutMs must be between"),
         ({"LockTimeoutMs": "soon"}, "LockTimeoutMs must be a whole number"),
         ({"IdleInTransactionTimeoutMs": "99999999999"}, "IdleInTransactionTimeoutMs must be"),
     ],
 )
 def test_bad_properties_fail_with_the_property_named(
-    run: Run, app_db: AppDb, properties: dict[str, str], words: str
+    run: Run, app_db: AppDb, properties: dict[str, Any], words: str
 ) -> None:
     answer = run("schema-create.json", event=create_event(**properties))
     assert answer["Status"] == "FAILED"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.template.conftest import TEMPLATE
+from tests.template.conftest import FUNCTIONS, TEMPLATE
 from tests.template.test_structure import FUNCTION, function_env, props, resources
 
 PROXY_RESOURCE_ID = {
@@ -116,21 +116,15 @@ def test_invoke_policy_allows_calling_this_api_only(template: dict[str, Any]) ->
 # ---------------------------------------------------------------- database users
 
 
-def test_functions_log_in_as_the_app_role_and_only_the_schema_setup_as_master(
+def test_functions_log_in_as_their_roles_and_only_the_schema_setup_as_master(
     template: dict[str, Any],
 ) -> None:
     functions = resources(template, FUNCTION)
-    assert set(functions) == {
-        "ItemsFunction",
-        "StockFunction",
-        "ConnectionReportFunction",
-        "SchemaSetupFunction",
-        "ItemImportFunction",
-    }
+    assert set(functions) == FUNCTIONS
     expected_user = {
         "ItemsFunction": "AppDbUser",
         "StockFunction": "AppDbUser",
-        "ConnectionReportFunction": "AppDbUser",
+        "ConnectionReportFunction": "ReportDbUser",
         "SchemaSetupFunction": "DbUser",
         "ItemImportFunction": "AppDbUser",
     }
@@ -158,18 +152,29 @@ def test_functions_log_in_as_the_app_role_and_only_the_schema_setup_as_master(
         template["Parameters"]["AppDbUser"]["Default"]
         != (template["Parameters"]["DbUser"]["Default"])
     )
+    defaults = {
+        template["Parameters"][p]["Default"] for p in ("DbUser", "AppDbUser", "ReportDbUser")
+    }
+    assert len(defaults) == 3
     (assertion,) = template["Rules"]["AppRoleIsNotTheMasterUser"]["Assertions"]
     assert assertion["Assert"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "AppDbUser"}, {"Ref": "DbUser"}]}]
     }
+    assert [a["Assert"] for a in template["Rules"]["ReportRoleIsItsOwn"]["Assertions"]] == [
+        {"Fn::Not": [{"Fn::Equals": [{"Ref": "ReportDbUser"}, {"Ref": other}]}]}
+        for other in ("DbUser", "AppDbUser")
+    ]
 
 
-def test_local_only_password_variable_is_empty_in_aws(template: dict[str, Any]) -> None:
+def test_local_only_password_variables_are_empty_in_aws(template: dict[str, Any]) -> None:
     env = function_env(template, "SchemaSetupFunction")
     assert env["APP_DB_PASSWORD"] == ""
+    assert env["REPORT_DB_PASSWORD"] == ""
     assert env["DB_PASSWORD"] == ""
-    for name in ("ItemsFunction", "StockFunction", "ConnectionReportFunction"):
-        assert "APP_DB_PASSWORD" not in function_env(template, name), name
+    for name in resources(template, FUNCTION):
+        if name != "SchemaSetupFunction":
+            env = function_env(template, name)
+            assert not {"APP_DB_PASSWORD", "REPORT_DB_PASSWORD"} & set(env), name
 
 
 def test_proxy_uses_end_to_end_iam_for_the_app_role_and_the_secret_for_master_only(
@@ -190,33 +195,40 @@ def test_proxy_uses_end_to_end_iam_for_the_app_role_and_the_secret_for_master_on
     assert proxy["VpcSecurityGroupIds"] == [{"Ref": "ProxySecurityGroup"}]
 
 
-def test_proxy_role_reads_the_master_secret_and_logs_in_as_the_app_role_only(
+def test_proxy_role_reads_the_master_secret_and_logs_in_as_the_two_roles_only(
     template: dict[str, Any],
 ) -> None:
     role = props(template, "ProxyRole")
     (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"Service": "rds.amazonaws.com"}
     (secret,) = role["Policies"]
-    read, decrypt = secret["PolicyDocument"]["Statement"]
-    assert (read["Action"], read["Resource"]) == (
+    # No kms:Decrypt (on key/* it named every key of the account): the secret uses the
+    # AWS managed key, whose key policy serves Secrets Manager's callers.
+    (read,) = secret["PolicyDocument"]["Statement"]
+    assert (read["Effect"], read["Action"], read["Resource"]) == (
+        "Allow",
         "secretsmanager:GetSecretValue",
         {"Ref": "DatabaseSecret"},
     )
-    assert decrypt["Action"] == "kms:Decrypt"
-    assert decrypt["Condition"] == {
-        "StringEquals": {
-            "kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}
-        }
-    }
+    assert "KmsKeyId" not in props(template, "DatabaseSecret")
+    policies = [
+        repr(resource["Properties"].get(key, ""))
+        for resource in template["Resources"].values()
+        for key in ("Policies", "PolicyDocument")
+    ]
+    assert not [p for p in policies if "kms:" in p]  # no role of the stack may use a key
     connect = props(template, "ProxyConnectPolicy")
     assert connect["RoleName"] == {"Ref": "ProxyRole"}
     (statement,) = connect["PolicyDocument"]["Statement"]
     assert statement["Action"] == "rds-db:connect"
     # The instance's resource id (db-...), not the proxy's: this is the proxy's own login.
-    assert statement["Resource"] == {
-        "Fn::Sub": "arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}"
-        ":dbuser:${Database.DbiResourceId}/${AppDbUser}"
-    }
+    assert statement["Resource"] == [
+        {
+            "Fn::Sub": "arn:${AWS::Partition}:rds-db:${AWS::Region}:${AWS::AccountId}"
+            f":dbuser:${{Database.DbiResourceId}}/${{{user}}}"
+        }
+        for user in ("AppDbUser", "ReportDbUser")
+    ]
 
 
 def test_nothing_but_the_proxy_reads_the_secret(transformed: dict[str, Any]) -> None:
@@ -286,6 +298,7 @@ def test_every_log_group_is_declared_with_a_retention(transformed: dict[str, Any
         "SchemaSetupLogGroup",
         "ItemImportLogGroup",
         "ApiAccessLogGroup",
+        "ProxyLogGroup",
     }
     for name, group in groups.items():
         assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
@@ -296,6 +309,15 @@ def test_every_log_group_is_declared_with_a_retention(transformed: dict[str, Any
     (stage,) = resources(transformed, "AWS::ApiGateway::Stage").values()
     for setting in stage["Properties"]["MethodSettings"]:
         assert setting.get("LoggingLevel", "OFF") == "OFF"
+
+
+def test_the_proxys_log_group_exists_before_the_proxy(template: dict[str, Any]) -> None:
+    group = props(template, "ProxyLogGroup")
+    # RDS Proxy writes to /aws/rds/proxy/PROXY_NAME (docs/deploy.md: where that comes from).
+    assert props(template, "Proxy")["DBProxyName"] == {"Fn::Sub": "${AWS::StackName}-proxy"}
+    assert group["LogGroupName"] == {"Fn::Sub": "/aws/rds/proxy/${AWS::StackName}-proxy"}
+    # Created first, so that the proxy never creates it without a retention period.
+    assert template["Resources"]["Proxy"]["DependsOn"] == "ProxyLogGroup"
 
 
 def test_log_retention_is_a_valid_cloudwatch_value(template: dict[str, Any]) -> None:

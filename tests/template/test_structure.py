@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pkgutil
 import re
+import tomllib
 from typing import Any
 
 import pytest
@@ -75,6 +76,25 @@ def test_is_a_sam_template_on_the_newest_python_sam_and_cfn_lint_support(
         assert "Architectures" not in function["Properties"], name
 
 
+#: The first SAM CLI release whose ``SUPPORTED_RUNTIMES`` names each runtime: checked in
+#: the wheels (``pip download --no-deps aws-sam-cli==X``): 1.145.2 lacks python3.14,
+#: 1.146.0 has it.
+FIRST_SAM_CLI = {"python3.14": (1, 146, 0)}
+
+
+def test_the_invoke_extra_and_the_classifiers_cover_the_runtime(template: dict[str, Any]) -> None:
+    runtime = template["Globals"]["Function"]["Runtime"]
+    with (REPO / "pyproject.toml").open("rb") as f:
+        project = tomllib.load(f)["project"]
+    (sam,) = [r for r in project["optional-dependencies"]["invoke"] if r.startswith("aws-sam")]
+    match = re.fullmatch(r"aws-sam-cli>=([0-9.]+)", sam)
+    assert match, sam
+    floor = tuple(int(part) for part in match.group(1).split("."))
+    assert floor >= FIRST_SAM_CLI[runtime], f"{sam} allows a SAM CLI that cannot read {runtime}"
+    version = runtime.removeprefix("python")
+    assert f"Programming Language :: Python :: {version}" in project["classifiers"]
+
+
 def test_architecture_is_a_parameter_arm64_by_default(template: dict[str, Any]) -> None:
     parameter = template["Parameters"]["Architecture"]
     assert parameter["Default"] == "arm64"
@@ -136,6 +156,17 @@ def test_powertools_service_names_are_fixed_and_hide_no_logger(template: dict[st
     for service in services.values():
         hidden = [logger for logger in loggers if service in logger]
         assert not hidden, f"service {service!r} would hide {hidden}"
+
+
+def test_lambda_db_dev_names_the_templates_functions_and_service(
+    template: dict[str, Any],
+) -> None:
+    from lambda_db.cli import dev
+
+    assert function_env(template, dev.SCHEMA_FUNCTION)["POWERTOOLS_SERVICE_NAME"] == (
+        dev.SCHEMA_SERVICE
+    )
+    assert function_env(template, dev.REPORT_FUNCTION)["DB_USER"] == {"Ref": "ReportDbUser"}
 
 
 def test_the_functions_own_modules_name_no_service(template: dict[str, Any]) -> None:
@@ -205,12 +236,63 @@ def test_ingress_is_chained_function_proxy_database_on_5432_only(
     assert props(template, "Database")["VPCSecurityGroups"] == [{"Ref": "DatabaseSecurityGroup"}]
 
 
-def test_open_egress_is_only_https_from_the_functions(template: dict[str, Any]) -> None:
-    for name, group in resources(template, "AWS::EC2::SecurityGroup").items():
-        for rule in group["Properties"].get("SecurityGroupEgress", []):
-            if rule.get("CidrIp") == "0.0.0.0/0":
-                assert name == "FunctionSecurityGroup"
-                assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 443, 443)
+#: The rule that matches no traffic: declared inline, it replaces the allow-all egress
+#: rule CloudFormation gives a group that declares none.
+NO_EGRESS = {"IpProtocol": "-1", "CidrIp": "127.0.0.1/32"}
+
+
+def test_every_security_group_declares_its_egress(template: dict[str, Any]) -> None:
+    groups = resources(template, "AWS::EC2::SecurityGroup")
+    assert set(groups) == {
+        "FunctionSecurityGroup",
+        "SchemaSetupSecurityGroup",
+        "ProxySecurityGroup",
+        "DatabaseSecurityGroup",
+    }
+    inline = {}
+    for name, group in groups.items():
+        rules = group["Properties"].get("SecurityGroupEgress")
+        assert rules, f"{name}: no inline egress, so CloudFormation would allow all"
+        inline[name] = [{k: v for k, v in r.items() if k != "Description"} for r in rules]
+    assert inline == {
+        "FunctionSecurityGroup": [NO_EGRESS],
+        "ProxySecurityGroup": [NO_EGRESS],
+        "DatabaseSecurityGroup": [NO_EGRESS],
+        # The one way out: the schema setup's answer to CloudFormation (S3).
+        "SchemaSetupSecurityGroup": [
+            {"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "CidrIp": "0.0.0.0/0"}
+        ],
+    }
+    egress = {
+        (r["GroupId"]["Ref"], r["DestinationSecurityGroupId"]["Ref"], r["FromPort"], r["ToPort"])
+        for r in (
+            e["Properties"] for e in resources(template, "AWS::EC2::SecurityGroupEgress").values()
+        )
+    }
+    assert egress == {
+        ("FunctionSecurityGroup", "ProxySecurityGroup", 5432, 5432),
+        ("ProxySecurityGroup", "DatabaseSecurityGroup", 5432, 5432),
+    }
+
+
+def test_only_the_schema_setup_reaches_the_internet(transformed: dict[str, Any]) -> None:
+    """SAM appends a function's SecurityGroupIds to the Globals' ones."""
+    groups = {
+        name: function["Properties"]["VpcConfig"]["SecurityGroupIds"]
+        for name, function in resources(transformed, "AWS::Lambda::Function").items()
+    }
+    assert groups.pop("SchemaSetupFunction") == [
+        {"Ref": "FunctionSecurityGroup"},
+        {"Ref": "SchemaSetupSecurityGroup"},
+    ]
+    assert set(groups) == {
+        "ItemsFunction",
+        "StockFunction",
+        "ConnectionReportFunction",
+        "ItemImportFunction",
+    }
+    for name, ids in groups.items():
+        assert ids == [{"Ref": "FunctionSecurityGroup"}], name
 
 
 def test_database_is_private_encrypted_snapshotted_and_accepts_iam(
@@ -282,8 +364,10 @@ def test_application_role_timeouts_end_before_the_api_function_does(
     idle = parameters["AppIdleInTransactionTimeoutMs"]
     assert idle["MinValue"] > 0 and idle["Default"] <= items_timeout_ms
     schema = props(template, "Schema")
-    assert {key: schema[key] for key in schema if key.endswith("Ms") or key == "AppUser"} == {
+    roles = ("AppUser", "ReportUser")
+    assert {key: schema[key] for key in schema if key.endswith("Ms") or key in roles} == {
         "AppUser": {"Ref": "AppDbUser"},
+        "ReportUser": {"Ref": "ReportDbUser"},
         "StatementTimeoutMs": {"Ref": "AppStatementTimeoutMs"},
         "LockTimeoutMs": {"Ref": "AppLockTimeoutMs"},
         "IdleInTransactionTimeoutMs": {"Ref": "AppIdleInTransactionTimeoutMs"},
@@ -401,7 +485,7 @@ def test_events_name_the_properties_the_template_sends(template: dict[str, Any])
         assert set(event["ResourceProperties"]) - {"ServiceToken"} == sent, name
 
 
-def test_env_json_overrides_only_declared_variables() -> None:
+def test_env_json_overrides_only_declared_variables(template: dict[str, Any]) -> None:
     with (REPO / "events" / "env.json").open() as f:
         env = json.load(f)
     assert env["Parameters"]["DB_AUTH_MODE"] == "password"
@@ -412,12 +496,11 @@ def test_env_json_overrides_only_declared_variables() -> None:
     assert env["SchemaSetupFunction"]["APP_DB_PASSWORD"] == env["Parameters"]["DB_PASSWORD"], (
         "the functions log in with the password the schema setup gives the role"
     )
-    for function in (
-        "ItemsFunction",
-        "StockFunction",
-        "ConnectionReportFunction",
-        "SchemaSetupFunction",
-    ):
+    # The report logs in as its own role, with the password the schema setup gives it.
+    report = env["ConnectionReportFunction"]
+    assert report["DB_USER"] == "app_report"
+    assert report["DB_PASSWORD"] == env["SchemaSetupFunction"]["REPORT_DB_PASSWORD"]
+    for function in resources(template, FUNCTION):
         declared = set(load_function(function, template_path=TEMPLATE).environment)
         overridden = set(env["Parameters"]) | set(env.get(function, {}))
         assert overridden <= declared, (function, overridden - declared)
