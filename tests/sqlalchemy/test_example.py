@@ -35,6 +35,8 @@ from tests.template.conftest import (
     cloudformation,
     env_vars,
     load_event,
+    master,
+    report_role,
     run,
     schema,
 )
@@ -42,7 +44,8 @@ from tests.template.test_events import assert_no_leak, body, client_error, heade
 
 from .test_statements import shapes
 
-__all__ = ["app_role", "cloudformation", "env_vars", "run", "schema"]  # fixtures, by name
+# fixtures, by name
+__all__ = ["app_role", "cloudformation", "env_vars", "master", "report_role", "run", "schema"]
 
 STOCK_APP = "stock-api"
 STARTING_QUANTITY = 3
