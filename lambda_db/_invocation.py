@@ -193,19 +193,19 @@ class Invocation:
     def connection(self) -> Any:
         """The invocation's connection, checked out at the first access."""
         conn = self.conn
-        return conn if conn is not None else self._checkout()
+        return conn if conn is not None and not self._ended else self._checkout()
 
     def _checkout(self) -> Any:
         db = self._db
         with db._lock:
-            if self.conn is not None:
-                return self.conn
             if self._ended or db._scope is not self:
                 raise LambdaDbError(
                     "the invocation's connection was asked for after the invocation ended (a "
                     "thread the handler started, or a scope kept past its invocation): "
                     "finish database work before the handler returns"
                 )
+            if self.conn is not None:  # another thread checked it out first
+                return self.conn
             clock = db._clock
             now = clock()
             settings = db._settings or db.settings

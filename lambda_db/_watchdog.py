@@ -127,7 +127,16 @@ class Watchdog:
             while True:
                 now = time.monotonic()
                 earliest: float | None = None
-                for transport in list(self._transports):
+                try:
+                    # Under the lock, but a transport collected in another thread leaves
+                    # the weak set on its own: should the copy ever fail, look again soon
+                    # rather than let the thread die (no deadline would fire again).
+                    transports = list(self._transports)
+                except RuntimeError:  # pragma: no cover - not reproduced
+                    self._wakes_at = now + 0.001
+                    self._cond.wait(0.001)
+                    continue
+                for transport in transports:
                     at = transport.cut_at
                     if at is None:
                         continue

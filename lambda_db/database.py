@@ -186,9 +186,11 @@ class Database:
         """
         scope = self._scope
         if scope is not None:
-            conn = scope.conn
-            return conn if conn is not None else scope._checkout()  # type: ignore[no-any-return]
+            return scope.connection  # type: ignore[no-any-return]
         with self._lock:
+            scope = self._scope  # a scope may have started since the unlocked look
+            if scope is not None:  # (the lock is re-entrant: _checkout takes it too)
+                return scope._checkout()  # type: ignore[no-any-return]
             marker = os.environ.get(TRACE_ID)
             if marker is None and not self._warned_no_trace and os.environ.get(FUNCTION_NAME):
                 self._warned_no_trace = True

@@ -95,12 +95,31 @@ def check_joinable(
     retries: int = 0,
 ) -> None:
     """Refuse to join ``scope`` with transaction options (or conflict retries) of one's own:
-    the scope being joined owns the transaction."""
-    if options is not None and _normal(options) != _normal(scope.options):
+    the scope being joined owns the transaction.
+
+    ``options=None`` (the defaults) asks for *a* transaction, so it joins any scope that
+    has one, whatever its characteristics, but not an ``autocommit=True`` scope: there the
+    joining handler's statements would each commit on their own, and a failure half-way
+    would leave the first half committed.
+    """
+    if options is None:
+        if scope.autocommit:
+            raise ConfigurationError(
+                "this handler runs in a transaction, but the invocation already in progress "
+                "on this Database has autocommit=True, where each statement commits on its "
+                "own: drop autocommit=True from the outer decorator, or give this one "
+                "autocommit=True if it does not need a transaction",
+                variable="autocommit",
+            )
+    elif _normal(options) != _normal(scope.options):
+        mine, theirs = _normal(options), _normal(scope.options or (False, None, None, None))
+        names = ("autocommit", "isolation_level", "readonly", "deferrable")
+        assert mine is not None and theirs is not None
+        differing = [n for n, a, b in zip(names, mine, theirs, strict=True) if a != b]
         raise ConfigurationError(
             f"transaction options {options!r} differ from those of the invocation already in "
             f"progress on this Database ({scope.options!r}): set them on the outer decorator",
-            variable="isolation_level",
+            variable=differing[0] if differing else "isolation_level",
         )
     if retries:
         raise ConfigurationError(

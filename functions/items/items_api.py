@@ -182,7 +182,7 @@ def _http_errors(handler: Callable[[Any, Any], dict[str, Any]]) -> Callable[...,
             return handler(event, context)
         except RequestError as exc:  # a malformed Idempotency-Key
             return _proxy_response(exc.status, {"message": exc.message})
-        except ClientErrorResponse as refused:  # a 4xx: rolled back, its key not spent
+        except ErrorResponse as refused:  # a 4xx or 5xx: rolled back, its key not spent
             return refused.response
         except IdempotencyMismatchError:
             return _proxy_response(
@@ -282,9 +282,11 @@ def _request(event: Any) -> list[Any]:
     return [event.get("httpMethod"), event.get("path"), body, event.get("isBase64Encoded")]
 
 
-class ClientErrorResponse(Exception):
-    """A 4xx answer, raised so that the invocation rolls back and stores no idempotency
-    record: a client who fixes a refused request may retry it with the same key."""
+class ErrorResponse(Exception):
+    """An error answer (4xx, or a 500 the resolver made of a route's exception, as it does
+    with ``POWERTOOLS_DEV``), raised so that the invocation rolls back and stores no
+    idempotency record: a client who fixes a refused request may retry it with the same
+    key, and a failed one commits nothing of what it wrote before failing."""
 
     def __init__(self, response: dict[str, Any]) -> None:
         super().__init__(response.get("statusCode"))
@@ -300,8 +302,8 @@ class ClientErrorResponse(Exception):
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     """Lambda entry point: one transaction per request (and per Idempotency-Key)."""
     response = app.resolve(event, context)
-    if 400 <= int(response.get("statusCode", 200)) < 500:
-        raise ClientErrorResponse(response)
+    if int(response.get("statusCode", 200)) >= 400:
+        raise ErrorResponse(response)
     return response
 
 

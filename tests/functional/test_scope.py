@@ -324,3 +324,93 @@ def test_joining_compares_isolation_levels_regardless_of_case(env_db: AppDb) -> 
         return inner(event, context)
 
     assert outer({}, LambdaContext()) == "SERIALIZABLE"
+
+
+def test_a_transactional_handler_refuses_to_join_an_autocommit_invocation(env_db: AppDb) -> None:
+    """Joined into autocommit=True, the inner handler's first INSERT would commit alone and
+    survive its own failure: it is refused before it runs a statement."""
+
+    @with_connection
+    def inner(event: object, context: object) -> None:
+        with lambda_db.get_connection().cursor() as cur:
+            cur.execute("INSERT INTO items VALUES ('debit')")
+        raise RuntimeError("the credit failed")
+
+    @with_connection(autocommit=True)
+    def outer(event: object, context: object) -> None:
+        inner(event, context)
+
+    with pytest.raises(lambda_db.ConfigurationError, match="autocommit=True") as info:
+        outer({}, LambdaContext())
+    assert info.value.variable == "autocommit"
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+
+
+def test_a_refused_join_names_the_option_that_differs(env_db: AppDb) -> None:
+    @with_connection(readonly=True)
+    def inner(event: object, context: object) -> None:
+        return None
+
+    @with_connection(isolation_level="SERIALIZABLE")
+    def outer(event: object, context: object) -> None:
+        inner(event, context)
+
+    with pytest.raises(lambda_db.ConfigurationError, match="outer decorator") as info:
+        outer({}, LambdaContext())
+    assert info.value.variable == "isolation_level"  # the first that differs: SERIALIZABLE/None
+
+    @with_connection(autocommit=True)
+    def reader(event: object, context: object) -> None:
+        return None
+
+    @with_connection
+    def writer(event: object, context: object) -> None:
+        reader(event, context)
+
+    with pytest.raises(lambda_db.ConfigurationError) as info:
+        writer({}, LambdaContext())
+    assert info.value.variable == "autocommit"
+
+
+def test_a_scope_kept_past_its_invocation_hands_out_nothing(env_db: AppDb) -> None:
+    db = Database()
+    kept: list[Any] = []
+    with db.invocation(LambdaContext()) as scope:
+        scope.connection.cursor().execute("SELECT 1")
+        kept.append(scope)
+    with pytest.raises(lambda_db.LambdaDbError, match="after the invocation ended"):
+        kept[0].connection.cursor().execute("INSERT INTO items VALUES ('orphan')")
+    assert int(db.get_connection().info.transaction_status) == 0  # nothing left open
+    assert env_db.query("SELECT count(*) FROM items") == [(0,)]
+    db.close()
+
+
+def test_a_thread_that_looked_before_the_scope_started_gets_the_scopes_connection(
+    env_db: AppDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread in get_connection() that saw no scope, then waited for the lock while one
+    started and checked out, must not health-check (ping, disarm) the scope's connection."""
+    import threading
+
+    monkeypatch.setenv("DB_IDLE_PING_AFTER", "0")  # every acquire() would ping
+    db = Database()
+    db.get_connection()  # connected, idle
+    got: list[Any] = []
+    with db._lock:  # hold the lock: the thread reads _scope (None) and then waits here
+        thread = threading.Thread(target=lambda: got.append(db.get_connection()))
+        thread.start()
+        threading.Event().wait(0.2)  # let it reach the lock
+        with db.invocation(LambdaContext(30.0)) as scope:
+            conn = scope.connection
+            transport = db._transport
+            assert transport is not None and transport.cut_at is not None  # armed
+            pings = db.stats.pings
+            db._lock.release()  # the thread goes on while the scope is in progress
+            try:
+                thread.join(5)
+                assert got == [conn]
+                assert transport.cut_at is not None  # the scope's alarm is still set
+                assert db.stats.pings == pings  # and nobody pinged its connection
+            finally:
+                db._lock.acquire()
+    db.close()

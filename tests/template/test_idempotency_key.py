@@ -200,3 +200,45 @@ def test_the_same_json_in_another_order_is_the_same_request(
 
 def test_an_empty_key_is_a_400(schema: None, run: Run) -> None:
     assert run(CREATE, event=with_key(CREATE, ""))["statusCode"] == 400
+
+
+@pytest.mark.filterwarnings("ignore:POWERTOOLS_DEV environment variable is enabled")
+def test_a_500_the_resolver_makes_commits_nothing_and_spends_no_key(
+    schema: None, env_vars: dict[str, Any], app_db: AppDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With POWERTOOLS_DEV the resolver answers a route's exception with a 500 instead of
+    raising it: what the route wrote before failing is rolled back, and the key is not
+    spent on the 500. In process, to make the route fail after its INSERT."""
+    import importlib.util
+
+    import lambda_db
+    from lambda_db.cli.invoke import load_function
+    from lambda_db.testing import LambdaContext
+    from tests.template.conftest import TEMPLATE
+
+    config = load_function("ItemsFunction", template_path=TEMPLATE, env_vars=env_vars)
+    for name, value in {**config.variables, "POWERTOOLS_DEV": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.syspath_prepend(str(config.code_uri))
+    spec = importlib.util.spec_from_file_location("items_api_dev", config.code_uri / "items_api.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    item = module._item
+
+    def fails_after_the_insert(row: Any) -> Any:
+        raise RuntimeError("a bug after the write")
+
+    monkeypatch.setattr(module, "_item", fails_after_the_insert)
+    lambda_db.reset()
+    try:
+        failed = module.handler(with_key(CREATE, "k-500"), LambdaContext())
+        assert failed["statusCode"] == 500
+        assert item_count(app_db) == 0  # the INSERT before the failure was rolled back
+        assert app_db.query("SELECT count(*) FROM lambda_db_idempotency") == [(0,)]
+        monkeypatch.setattr(module, "_item", item)
+        fixed = module.handler(with_key(CREATE, "k-500"), LambdaContext())
+        assert fixed["statusCode"] == 201
+        assert item_count(app_db) == 1
+    finally:
+        lambda_db.reset()
