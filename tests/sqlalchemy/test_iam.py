@@ -49,15 +49,18 @@ def test_a_new_connection_mints_a_new_token(
         ssl = session.execute(text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"))
         return str(user), bool(ssl.scalar_one())
 
+    # verify-full is in iam_env: no TLS, no connection. The server sees it only when it
+    # speaks TLS itself (the embedded server has no OpenSSL: a terminator speaks it).
+    tls = pg.server_ssl
     try:
-        assert whoami({}, LambdaContext()) == (app_db.role, True)
+        assert whoami({}, LambdaContext()) == (app_db.role, tls)
         assert provider.minted == 1
 
         # 16 minutes on, the first token has expired; the open connection is kept and no
         # token is minted on the warm path.
         clock.advance(16 * 60)
         aws_time.advance(16 * 60)
-        assert whoami({}, LambdaContext()) == (app_db.role, True)
+        assert whoami({}, LambdaContext()) == (app_db.role, tls)
         assert (provider.minted, len(connects)) == (1, 1)
 
         # The connection dies while frozen: the next one logs in with a new token.
@@ -65,7 +68,7 @@ def test_a_new_connection_mints_a_new_token(
         assert new_token != token
         set_role_password(app_db, new_token)
         app_db.terminate_all()
-        assert whoami({}, LambdaContext()) == (app_db.role, True)
+        assert whoami({}, LambdaContext()) == (app_db.role, tls)
         assert (provider.minted, len(connects), db.stats.connects) == (2, 2, 2)
         assert db.stats.auth_refreshes == 0
         for shown in (repr(engine), str(engine.url)):
