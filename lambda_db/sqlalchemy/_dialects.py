@@ -59,14 +59,14 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
 from lambda_db._driver import IDLE, get_driver
-from lambda_db.errors import ConfigurationError
+from lambda_db.errors import ConfigurationError, TransactionOrderError
 
 if TYPE_CHECKING:
     from lambda_db._invocation import Invocation
@@ -124,12 +124,27 @@ def releasing() -> Iterator[None]:
         _local.releasing = depth
 
 
-class Joined(NamedTuple):
-    """How one SQLAlchemy transaction joined an invocation's (kept on its pool proxy)."""
+class Joined:
+    """How one SQLAlchemy transaction joined an invocation's (kept on its pool proxy, which
+    SQLAlchemy makes for each checkout: one per ``Connection``, never shared by two).
 
-    scope: Invocation
-    #: ``None``: it is the invocation's transaction; else the savepoint it runs in.
-    savepoint: str | None
+    While it is open it is on its invocation's stack, :attr:`Invocation.joined
+    <lambda_db._invocation.Invocation.joined>` (innermost last).
+    """
+
+    __slots__ = ("others", "savepoint", "scope")
+
+    def __init__(self, scope: Invocation, savepoint: str | None) -> None:
+        self.scope = scope
+        #: ``None``: it is the invocation's transaction; else the savepoint it runs in.
+        self.savepoint = savepoint
+        #: Its range holds work that is not its own: statements of a transaction beneath it
+        #: that ran while it was open, or a transaction above it that committed (released
+        #: its savepoint into it). Its rollback would undo that work too, so it is refused.
+        self.others = False
+
+    def __repr__(self) -> str:
+        return f"Joined({self.scope!r}, savepoint={self.savepoint!r}, others={self.others})"
 
 
 def joined(database: Database | None, fairy: Any, status: int) -> Joined | None:
@@ -150,6 +165,111 @@ def joined(database: Database | None, fairy: Any, status: int) -> Joined | None:
     if status == IDLE and getattr(fairy, "_lambda_db_owner", False):
         return Joined(scope, None)
     return Joined(scope, f"lambda_db_{next(_savepoints)}")
+
+
+def _name(how: Joined) -> str:
+    if how.savepoint is None:
+        return "with_session's session (the invocation's transaction itself)"
+    return f"the Connection or Session in savepoint {how.savepoint}"
+
+
+_FIX = (
+    "Joined transactions share the invocation's one transaction and must end in LIFO order, "
+    "last begun first ended: commit (or roll back) and close an inner Connection, Session or "
+    "engine.begin() block before the one it was opened under ends, and do not use an outer "
+    "one while an inner one is open (close() without commit() rolls back: call "
+    "conn.commit() before close() to keep the work). Nothing was sent for this; the "
+    "invocation is doomed: it rolls back when the handler ends and raises this error again, "
+    "even if the handler catches it"
+)
+
+
+def _ended(how: Joined, *, commit: bool) -> None:
+    """Take ``how`` off its invocation's stack as it commits or rolls back.
+
+    Raises :class:`~lambda_db.TransactionOrderError`, and dooms the invocation
+    (:meth:`~lambda_db._invocation.Invocation.doom`), when ending it as asked would lose or
+    mis-attribute work: it is not the innermost open transaction (its savepoint's
+    ``RELEASE`` would end the ones above it, its ``ROLLBACK TO`` undo their work), or it
+    rolls back while holding others' work (:attr:`Joined.others`). The caller sends the
+    ``RELEASE``, ``ROLLBACK TO`` or ``ROLLBACK`` only when this returns.
+    """
+    scope = how.scope
+    stack = scope.joined
+    if not stack:
+        return
+    if stack[-1] is how:
+        stack.pop()
+        if commit:
+            if stack:  # its work now lies in the range of the one it was opened under
+                stack[-1].others = True
+            return
+        if not how.others:
+            return
+        raise scope.doom(
+            TransactionOrderError(
+                f"{_name(how)} rolled back, but its range also holds work that is not its "
+                f"own (a transaction it was opened under ran statements while it was open, "
+                f"or a transaction opened under it committed; reads count too): rolling "
+                f"back would have undone that work as well, which its transaction was told "
+                f"was done. {_FIX}"
+            )
+        )
+    try:
+        index = stack.index(how)
+    except ValueError:
+        return
+    above = stack[index + 1 :]
+    del stack[index]
+    if commit and how.savepoint is None:
+        return  # the invocation's transaction: its commit sends nothing, loses nothing
+    if commit:
+        what = "committed; releasing its savepoint would have ended theirs too"
+    else:
+        what = "rolled back; that would have undone their work too"
+    raise scope.doom(
+        TransactionOrderError(
+            f"{_name(how)} {what}: {len(above)} joined transaction(s) begun after it in this "
+            f"invocation were still open ({', '.join(_name(a) for a in above)}). {_FIX}"
+        )
+    )
+
+
+def _released(dbapi_connection: Any) -> None:
+    """Forget the transaction on ``dbapi_connection``, ended without sending anything
+    (:func:`releasing`): its work stays, in the range of the transaction beneath it."""
+    how = getattr(dbapi_connection, "_lambda_db_joined", None)
+    if how is None:
+        return
+    dbapi_connection._lambda_db_joined = None
+    stack = how.scope.joined
+    if stack and how in stack:
+        index = stack.index(how)
+        del stack[index]
+        if index:
+            stack[index - 1].others = True
+
+
+def _executing(context: Any) -> None:
+    """Before a statement: when its transaction is not the innermost open one, the ones
+    above it now hold its work (:attr:`Joined.others`).
+
+    One attribute lookup when the statement's transaction did not join an invocation. Reads
+    count as work here: a dialect cannot tell a ``SELECT`` that writes from one that does
+    not, so a read through an outer transaction while an inner one is open also makes the
+    inner one's rollback fail.
+    """
+    if context is None:
+        return
+    how = getattr(context._dbapi_connection, "_lambda_db_joined", None)
+    if how is None:
+        return
+    stack = how.scope.joined
+    if stack and stack[-1] is not how:
+        for entry in reversed(stack):
+            if entry is how:
+                return
+            entry.others = True
 
 
 def _raw(connection: Any) -> Any:
@@ -199,8 +319,14 @@ class _InvocationAware:
     def do_begin(self, dbapi_connection: Any) -> None:
         raw = _raw(dbapi_connection)
         how = joined(self.database, dbapi_connection, self._status(raw))
-        if how is not None and how.savepoint is not None:
-            _execute(raw, f"SAVEPOINT {how.savepoint}")
+        if how is not None:
+            if how.savepoint is not None:
+                _execute(raw, f"SAVEPOINT {how.savepoint}")
+            scope = how.scope
+            stack = scope.joined
+            if stack is None:
+                stack = scope.joined = []
+            stack.append(how)
         dbapi_connection._lambda_db_joined = how
 
     def _joined(self, dbapi_connection: Any) -> tuple[Joined | None, bool]:
@@ -215,9 +341,11 @@ class _InvocationAware:
 
     def do_commit(self, dbapi_connection: Any) -> None:
         if getattr(_local, "releasing", 0):
+            _released(dbapi_connection)
             return
         how, owned = self._joined(dbapi_connection)
         if how is not None:
+            _ended(how, commit=True)
             if how.savepoint is not None:
                 _execute(_raw(dbapi_connection), f"RELEASE SAVEPOINT {how.savepoint}")
             return  # the invocation's own transaction: the scope commits it
@@ -227,6 +355,7 @@ class _InvocationAware:
 
     def do_rollback(self, dbapi_connection: Any) -> None:
         if getattr(_local, "releasing", 0):
+            _released(dbapi_connection)
             return
         raw = _raw(dbapi_connection)
         first = self._first_connect
@@ -236,12 +365,30 @@ class _InvocationAware:
                 super().do_rollback(dbapi_connection)  # type: ignore[misc]
             return
         how, owned = self._joined(dbapi_connection)
-        if how is not None and how.savepoint is not None:
-            _execute(raw, f"ROLLBACK TO SAVEPOINT {how.savepoint}")
-            return
-        if how is None and owned:
+        if how is not None:
+            _ended(how, commit=False)
+            if how.savepoint is not None:
+                _execute(raw, f"ROLLBACK TO SAVEPOINT {how.savepoint}")
+                return
+        elif owned:
             return  # not this transaction's to roll back: the scope ends it
         super().do_rollback(dbapi_connection)  # type: ignore[misc]
+
+    # -- statements: which transaction's range they land in -------------------------------
+
+    def do_execute(self, cursor: Any, statement: Any, parameters: Any, context: Any = None) -> None:
+        _executing(context)
+        super().do_execute(cursor, statement, parameters, context)  # type: ignore[misc]
+
+    def do_executemany(
+        self, cursor: Any, statement: Any, parameters: Any, context: Any = None
+    ) -> None:
+        _executing(context)
+        super().do_executemany(cursor, statement, parameters, context)  # type: ignore[misc]
+
+    def do_execute_no_params(self, cursor: Any, statement: Any, context: Any = None) -> None:
+        _executing(context)
+        super().do_execute_no_params(cursor, statement, context)  # type: ignore[misc]
 
     # -- options that would end the transaction, or outlive the invocation -----------------
 

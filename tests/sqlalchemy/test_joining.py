@@ -35,18 +35,6 @@ CORE_INSERT = "INSERT INTO items (id) VALUES (?)"
 COUNT = "SELECT count(*) FROM items"
 
 
-@pytest.fixture
-def warm(engine: Engine, env_db: AppDb) -> Engine:
-    """``engine`` after one invocation: the dialect's first connect is out of the way."""
-
-    @with_session(engine)
-    def first(event: Any, context: Any, session: Session) -> None:
-        session.execute(text("SELECT 1"))
-
-    first({}, LambdaContext())
-    return engine
-
-
 # -- inside with_session -------------------------------------------------------------------
 
 
