@@ -17,6 +17,23 @@ transaction on the connection *join* it (the rule, stated once in :func:`joined`
   close without commit, is ``ROLLBACK TO SAVEPOINT``: it undoes its own work and never
   anyone else's.
 
+**LIFO.** The savepoints are PostgreSQL's, a stack on the one connection: ``RELEASE`` of
+one ends those above it, ``ROLLBACK TO`` undoes everything after it, whoever did it. So
+joined transactions must end last-begun-first, and the invocation keeps them on a stack
+(``Invocation.joined``) to check it. Ending the innermost one works as above. Ending one
+that has others open above it (an outer ``Session`` committing, or an outer ``Connection``
+rolling back, while an inner ``Connection`` is still open), rolling back
+``with_session``'s session under an open savepoint, or rolling back one whose range holds
+others' work (an outer transaction ran a statement while it was open: reads count, the
+dialect cannot tell them apart; or an inner one committed into it, and was told so) sends
+nothing and raises :class:`~lambda_db.TransactionOrderError`, and *dooms* the invocation:
+the scope rolls everything back when the handler ends and raises the error again, even if
+the handler caught it. Nothing is half-committed. The fix is in the handler: commit or
+close the inner ``Connection`` / ``Session`` / ``engine.begin()`` block before the one it
+was opened under ends (``conn.commit()`` before ``close()`` to keep its work), and do not
+use the outer one meanwhile. ``begin_nested()`` savepoints, and raw ``SAVEPOINT`` s (such as
+:func:`lambda_db.process_batch`'s), are not on the stack.
+
 So nothing SQLAlchemy does ends the invocation's transaction early (``engine.begin()``
 inside ``with_connection`` no longer commits half an invocation) and no close discards
 another's work (a ``Connection`` opened inside ``with_session`` no longer rolls the session
