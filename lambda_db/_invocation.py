@@ -328,6 +328,8 @@ class Invocation:
                 return
             if state == CLOSED:
                 raise self._lost(None, during="the invocation")
+            if self.joined:  # SQLAlchemy transactions still open, or with_session's session
+                self._end_joined(conn)
             try:
                 conn.commit()  # DB-API: nothing is sent when no transaction is open
             except Exception as error:
@@ -344,6 +346,23 @@ class Invocation:
                 db.discard("the deadline passed as the invocation ended")
             elif self._prepared and db._conn is conn and not driver.closed(conn):
                 driver.prepare_default(conn)
+
+    def _end_joined(self, conn: Any) -> None:
+        """Roll back the joined SQLAlchemy transactions the handler left open, as closing
+        them would have; raise (having rolled back) when that would undo others' work."""
+        from lambda_db.sqlalchemy._dialects import end_left_open  # imported: it made them
+
+        try:
+            end_left_open(self, conn)
+        except Exception as error:
+            driver = self._driver
+            assert driver is not None
+            if self._was_cut():
+                raise self._cut(waiting=True, during="ROLLBACK TO SAVEPOINT") from error
+            if driver.closed(conn) or disconnected(driver.error_info(error)):
+                raise self._lost(error, during="ROLLBACK TO SAVEPOINT") from error
+            self._rollback(conn)
+            raise
 
     def _rollback(self, conn: Any) -> None:
         db = self._db

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 
-from lambda_db import LambdaDbError, with_connection
+from lambda_db import LambdaDbError, TransactionOrderError, with_connection
 from lambda_db.sqlalchemy import with_session
 from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
@@ -212,9 +212,9 @@ def check(engine: Engine, env_db: AppDb, outer: str, inner: str, scenario: str, 
     invoke, parties, errors = run(engine, outer, inner, steps)
     doomed = scenario in DOOMED and not (outer == "injected" and scenario in FINE_FOR_INJECTED)
     if doomed:
-        with pytest.raises(LambdaDbError) as info:
+        with pytest.raises(TransactionOrderError) as info:
             invoke()
-        assert any(isinstance(error, LambdaDbError) for error in errors), errors
+        assert any(isinstance(error, TransactionOrderError) for error in errors), errors
         assert "LIFO" in str(info.value)
         assert ids(env_db) == []  # nothing half-committed
     else:
@@ -303,7 +303,7 @@ def test_an_out_of_order_commit_says_what_to_do_and_sends_nothing(
         inner.commit()
         return "ok"
 
-    with pinlog.capture() as block, pytest.raises(LambdaDbError) as info:
+    with pinlog.capture() as block, pytest.raises(TransactionOrderError) as info:
         handler({}, LambdaContext())
     assert len(caught) == 1
     message = str(caught[0])
@@ -339,7 +339,212 @@ def test_a_statement_without_parameters_under_an_open_savepoint_is_seen(
             outer.commit()
         return "ok"
 
-    with pytest.raises(LambdaDbError, match="LIFO"):
+    with pytest.raises(TransactionOrderError, match="LIFO"):
         handler({}, LambdaContext())
     assert ids(env_db) == []
     assert env_db.backends("idle in transaction") == []
+
+
+# -- begin_nested() savepoints inside joined transactions ---------------------------------
+
+
+def test_a_nested_savepoint_rolled_back_over_a_joined_commit_is_refused(
+    warm: Engine, env_db: AppDb
+) -> None:
+    """``begin_nested()`` inside a Connection, a second Connection commits into it, then the
+    nested savepoint rolls back: that would undo the second one's committed rows."""
+    told: list[str] = []
+    caught: list[BaseException] = []
+
+    @with_connection
+    def handler(event: Any, context: Any) -> str:
+        with warm.connect() as a:
+            a.execute(text(INSERT), {"id": "a1"})
+            nested = a.begin_nested()
+            with warm.connect() as b:
+                b.execute(text(INSERT), {"id": "b1"})
+                b.commit()
+                told.append("b1")
+            try:
+                nested.rollback()
+            except TransactionOrderError as exc:
+                caught.append(exc)
+            a.commit()
+            told.append("a1")
+        return "ok"
+
+    with pytest.raises(TransactionOrderError) as info:
+        handler({}, LambdaContext())
+    assert caught == [info.value]
+    assert "begin_nested()" in str(info.value)
+    assert ids(env_db) == []
+    assert env_db.backends("idle in transaction") == []
+
+
+def test_with_sessions_nested_savepoint_rolled_back_over_a_helper_is_refused(
+    warm: Engine, env_db: AppDb
+) -> None:
+    @with_session(warm)
+    def handler(event: Any, context: Any, session: Session) -> str:
+        session.add(Item(id="orm"))
+        session.flush()
+        nested = session.begin_nested()
+        session.add(Item(id="orm-nested"))
+        session.flush()  # SQLAlchemy sends the nested SAVEPOINT at the session's next use
+        with warm.begin() as conn:
+            conn.execute(text(INSERT), {"id": "helper"})
+        with contextlib.suppress(TransactionOrderError):
+            nested.rollback()
+        return "ok"
+
+    with pytest.raises(TransactionOrderError, match="with_session's session"):
+        handler({}, LambdaContext())
+    assert ids(env_db) == []
+
+
+def test_nested_savepoints_of_its_own_work_roll_back_and_release(
+    warm: Engine, env_db: AppDb, pinlog: PinLog
+) -> None:
+    """Only its own work in range: ``begin_nested()`` works as SQLAlchemy's, nothing extra
+    is sent."""
+
+    @with_session(warm)
+    def handler(event: Any, context: Any, session: Session) -> str:
+        with warm.connect() as conn:
+            conn.execute(text(INSERT), {"id": "kept"})
+            with conn.begin_nested() as nested:
+                conn.execute(text(INSERT), {"id": "undone"})
+                nested.rollback()
+            with conn.begin_nested():
+                conn.execute(text(INSERT), {"id": "released"})
+            conn.commit()
+        with session.begin_nested() as nested:
+            session.add(Item(id="orm-undone"))
+            session.flush()
+            nested.rollback()
+        session.add(Item(id="orm"))
+        return "ok"
+
+    with pinlog.capture() as block:
+        assert handler({}, LambdaContext()) == "ok"
+    assert ids(env_db) == ["kept", "orm", "released"]
+    statements = shapes(block.statements(env_db.role))
+    assert statements[0] == "BEGIN"
+    assert statements[-1] == "COMMIT"
+    assert statements.count("ROLLBACK") == 0
+
+
+def test_a_nested_savepoint_released_under_an_open_connection_is_refused(
+    warm: Engine, env_db: AppDb
+) -> None:
+    @with_connection
+    def handler(event: Any, context: Any) -> str:
+        a = warm.connect()
+        a.execute(text(INSERT), {"id": "a1"})
+        nested = a.begin_nested()
+        b = warm.connect()
+        b.execute(text(INSERT), {"id": "b1"})
+        with contextlib.suppress(TransactionOrderError):
+            nested.commit()  # RELEASE would end b's savepoint too
+        b.commit()
+        a.commit()
+        return "ok"
+
+    with pytest.raises(TransactionOrderError, match="released"):
+        handler({}, LambdaContext())
+    assert ids(env_db) == []
+
+
+# -- the error names each party ------------------------------------------------------------
+
+
+def test_the_error_names_each_party_by_kind_in_the_order_they_began(
+    warm: Engine, env_db: AppDb
+) -> None:
+    """The order is when each transaction began (its first statement), not when its object
+    was made: a Session that only ``add()`` ed begins at its flush."""
+    caught: list[TransactionOrderError] = []
+
+    @with_connection
+    def handler(event: Any, context: Any) -> str:
+        session = Session(warm)
+        session.add(Item(id="orm"))  # made first, begins at its flush, after the Connection
+        conn = warm.connect()
+        conn.execute(text(INSERT), {"id": "core"})
+        session.flush()
+        try:
+            conn.commit()  # began first: the Session is open above it
+        except TransactionOrderError as exc:
+            caught.append(exc)
+        session.close()
+        conn.close()
+        return "ok"
+
+    with pytest.raises(TransactionOrderError):
+        handler({}, LambdaContext())
+    message = str(caught[0])
+    assert message.startswith("a Connection (engine.connect() or engine.begin()) (begun 1st")
+    assert "(a Session (begun 2nd of those open" in message
+    assert ids(env_db) == []
+
+
+# -- joined transactions left open at the handler's end -----------------------------------
+
+
+def test_a_connection_left_open_is_rolled_back_as_its_close_would(
+    warm: Engine, env_db: AppDb, pinlog: PinLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    left: list[Connection] = []
+
+    @with_session(warm)
+    def handler(event: Any, context: Any, session: Session) -> str:
+        session.add(Item(id="orm"))
+        session.flush()
+        conn = warm.connect()
+        conn.execute(text(INSERT), {"id": "never-committed"})
+        left.append(conn)
+        return "ok"
+
+    with pinlog.capture() as block:
+        assert handler({}, LambdaContext()) == "ok"
+    assert ids(env_db) == ["orm"]
+    assert "left open" in caplog.text
+    assert shapes(block.statements(env_db.role)) == [
+        "BEGIN", "INSERT INTO items (id, n) VALUES (?, ?)", "SAVEPOINT sp",
+        "INSERT INTO items (id) VALUES (?)", "ROLLBACK TO SAVEPOINT sp", "COMMIT",
+    ]  # fmt: skip
+    left[0].close()  # sends nothing to the next invocation's transaction
+    assert env_db.backends("idle in transaction") == []
+
+
+def test_a_connection_left_open_under_others_work_dooms_the_invocation(
+    warm: Engine, env_db: AppDb
+) -> None:
+    @with_connection
+    def handler(event: Any, context: Any) -> str:
+        outer = warm.connect()  # never committed nor closed
+        outer.execute(text(INSERT), {"id": "outer"})
+        with warm.begin() as inner:  # commits into outer's savepoint
+            inner.execute(text(INSERT), {"id": "inner"})
+        return "ok"
+
+    with pytest.raises(TransactionOrderError, match="left open"):
+        handler({}, LambdaContext())
+    assert ids(env_db) == []
+    assert env_db.backends("idle in transaction") == []
+
+
+def test_a_connection_left_open_beneath_with_sessions_session_dooms_the_invocation(
+    warm: Engine, env_db: AppDb
+) -> None:
+    @with_session(warm)
+    def handler(event: Any, context: Any, session: Session) -> str:
+        conn = warm.connect()  # never committed nor closed
+        conn.execute(text(INSERT), {"id": "core"})
+        session.add(Item(id="orm"))
+        session.flush()  # the session's transaction begins above the Connection's
+        return "ok"
+
+    with pytest.raises(TransactionOrderError, match="left open"):
+        handler({}, LambdaContext())
+    assert ids(env_db) == []
