@@ -16,6 +16,7 @@ from lambda_db.errors import (
     DeadlineExceededError,
     IdempotencyMismatchError,
     LambdaDbError,
+    TransactionOrderError,
 )
 from lambda_db.handler import default_database, get_connection, reset, with_connection
 from lambda_db.idempotency import idempotent
@@ -32,6 +33,7 @@ __all__ = [
     "LambdaDbError",
     "Settings",
     "Stats",
+    "TransactionOrderError",
     "default_database",
     "get_connection",
     "idempotent",

@@ -9,6 +9,8 @@ arms the watchdog at the invocation's cutoff. When the block ends:
 * the handler returned: ``COMMIT`` (psycopg2 sent ``BEGIN`` before the first statement):
   what the naive module-level connection sends, and nothing more;
 * the handler raised: ``ROLLBACK``, and the exception propagates unchanged;
+* the invocation was doomed (:meth:`Invocation.doom`: SQLAlchemy transactions ended out of
+  order) and the handler caught the error and returned: ``ROLLBACK``, and the error again;
 * the connection was lost under the handler: :class:`ConnectionLostError` (nothing is
   replayed); the watchdog cut it at the deadline: :class:`DeadlineExceededError`;
 * the deadline has passed: no ``COMMIT`` is sent; the connection is dropped (the server
@@ -70,6 +72,7 @@ class Invocation:
         "_cutoff",
         "_db",
         "_deadline",
+        "_doomed",
         "_driver",
         "_ended",
         "_options",
@@ -78,6 +81,7 @@ class Invocation:
         "_started",
         "_transport",
         "conn",
+        "joined",
     )
 
     def __init__(
@@ -108,6 +112,10 @@ class Invocation:
         self._prepared = False
         self._started = 0.0
         self._ended = False
+        self._doomed: LambdaDbError | None = None
+        #: The SQLAlchemy transactions joined into this invocation's and still open,
+        #: innermost last (``lambda_db.sqlalchemy``'s, made at its first one: ``None``).
+        self.joined: list[Any] | None = None
 
     @property
     def autocommit(self) -> bool:
@@ -134,6 +142,24 @@ class Invocation:
         """``(autocommit, isolation_level, readonly, deferrable)``, or ``None`` for the
         defaults (a transaction with the server's characteristics)."""
         return self._options
+
+    @property
+    def doomed(self) -> LambdaDbError | None:
+        """The error that dooms this invocation (see :meth:`doom`), or ``None``."""
+        return self._doomed
+
+    def doom(self, error: LambdaDbError) -> LambdaDbError:
+        """Make this invocation fail whole, whatever the handler does next.
+
+        For an error after which nothing of the invocation may commit (work already lost
+        or mis-attributed, such as :class:`~lambda_db.TransactionOrderError`): the scope
+        rolls back when the handler ends and raises ``error`` again, even if the handler
+        caught it and returned (an exception the handler raised propagates instead, after
+        the same rollback). The first error is kept. Returns ``error``, for ``raise``.
+        """
+        if self._doomed is None:
+            self._doomed = error
+        return error
 
     # -- entering and leaving ------------------------------------------------------------
 
@@ -287,6 +313,10 @@ class Invocation:
             cutoff = self._cutoff
             if cutoff is not None and db._clock() >= cutoff:
                 raise self._cut(waiting=False)
+            doomed = self._doomed
+            if doomed is not None:  # the handler caught an error that forbids any commit
+                self._rollback(conn)
+                raise doomed
             state = driver.state(conn)
             if state == INERROR:
                 # The handler caught a database error and returned: nothing can commit.
@@ -298,6 +328,8 @@ class Invocation:
                 return
             if state == CLOSED:
                 raise self._lost(None, during="the invocation")
+            if self.joined:  # SQLAlchemy transactions still open, or with_session's session
+                self._end_joined(conn)
             try:
                 conn.commit()  # DB-API: nothing is sent when no transaction is open
             except Exception as error:
@@ -314,6 +346,23 @@ class Invocation:
                 db.discard("the deadline passed as the invocation ended")
             elif self._prepared and db._conn is conn and not driver.closed(conn):
                 driver.prepare_default(conn)
+
+    def _end_joined(self, conn: Any) -> None:
+        """Roll back the joined SQLAlchemy transactions the handler left open, as closing
+        them would have; raise (having rolled back) when that would undo others' work."""
+        from lambda_db.sqlalchemy._dialects import end_left_open  # imported: it made them
+
+        try:
+            end_left_open(self, conn)
+        except Exception as error:
+            driver = self._driver
+            assert driver is not None
+            if self._was_cut():
+                raise self._cut(waiting=True, during="ROLLBACK TO SAVEPOINT") from error
+            if driver.closed(conn) or disconnected(driver.error_info(error)):
+                raise self._lost(error, during="ROLLBACK TO SAVEPOINT") from error
+            self._rollback(conn)
+            raise
 
     def _rollback(self, conn: Any) -> None:
         db = self._db

@@ -7,6 +7,7 @@ and the cause is always chained (``raise ... from exc``)::
     ├── ConfigurationError          a variable or option is missing or invalid
     ├── AuthenticationError         the server refused the credentials
     ├── IdempotencyMismatchError    an idempotency key came back with a different payload
+    ├── TransactionOrderError       joined SQLAlchemy transactions ended out of order
     └── DatabaseUnavailableError    no usable connection within the budget: retry later
         ├── ConnectionLimitError    the server, role or database was full (SQLSTATE 53300)
         └── ConnectionLostError     the connection died while the invocation used it
@@ -35,6 +36,7 @@ __all__ = [
     "DeadlineExceededError",
     "IdempotencyMismatchError",
     "LambdaDbError",
+    "TransactionOrderError",
 ]
 
 
@@ -71,6 +73,19 @@ class IdempotencyMismatchError(LambdaDbError):
     def __init__(self, message: str, *, key: str) -> None:
         super().__init__(message)
         self.key = key
+
+
+class TransactionOrderError(LambdaDbError):
+    """SQLAlchemy transactions joined into one invocation did not end last-begun-first.
+
+    Inside an invocation scope each ``Connection`` or ``Session`` (but ``with_session``'s
+    own) runs in a savepoint of the invocation's one transaction, and PostgreSQL's
+    savepoints are a stack: ending one that others opened after it, or rolling back one
+    whose range holds another's work, would lose or mis-attribute work. lambda-db sends
+    nothing for that end, raises this error and *dooms* the invocation: its scope rolls
+    everything back when the handler ends and raises this error again, even if the handler
+    caught it (:mod:`lambda_db.sqlalchemy._dialects`).
+    """
 
 
 class DatabaseUnavailableError(LambdaDbError):

@@ -57,9 +57,11 @@ def create_engine(database: Database | None = None, **kwargs: Any) -> Engine:
     runs in a savepoint of its own (only ``with_session``'s session, begun first, is the
     invocation's transaction itself): its ``commit()`` sends ``RELEASE SAVEPOINT``, its
     ``rollback()`` or a close without commit ``ROLLBACK TO SAVEPOINT``, undoing its own
-    work only. Outside a scope, SQLAlchemy's own rules hold, with one connection: a second
-    ``Connection`` or ``Session`` checked out while the first is still out raises
-    :class:`~lambda_db.LambdaDbError`.
+    work only. They end in LIFO order of when each began (its first statement): out of
+    order, :class:`~lambda_db.TransactionOrderError` and the whole invocation rolls back
+    (:mod:`lambda_db.sqlalchemy._dialects`). Outside a scope, SQLAlchemy's own rules
+    hold, with one connection: a second ``Connection`` or ``Session`` checked out while the
+    first is still out raises :class:`~lambda_db.LambdaDbError`.
 
     Other keyword arguments go to :func:`sqlalchemy.create_engine` (``echo``,
     ``json_serializer``, ``execution_options`` other than the transaction's

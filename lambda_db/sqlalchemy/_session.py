@@ -98,7 +98,14 @@ def with_session(
     transaction, or only the session's savepoint when the session began after other work
     in it (``with_connection``'s, or its own committed work). Other ``Connection`` s and
     ``Session`` s on the engine join the same transaction, each in a savepoint
-    (:func:`~lambda_db.sqlalchemy.create_engine`). ORM and Core
+    (:func:`~lambda_db.sqlalchemy.create_engine`); they end in LIFO order of when each
+    *began* (its first statement or flush, not when the object was made): commit or close
+    the one begun last before an earlier one ends, and before the session rolls back. Out
+    of order, or when a rollback (``begin_nested()`` ones too) would undo another's work,
+    lambda-db raises :class:`~lambda_db.TransactionOrderError` and the whole invocation
+    rolls back, even if the handler catches it. A ``Connection`` or ``Session`` left open
+    when the handler returns is rolled back as its close would have (a WARNING). ORM and
+    Core
     (``session.execute(text(...))``) both work. The deadline, the typed errors and the one
     connection are ``with_connection``'s; stacked with it on the same Database (either
     order), there is one transaction.

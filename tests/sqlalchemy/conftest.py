@@ -8,18 +8,20 @@ SQLAlchemy.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import Integer, Text
+from sqlalchemy import Integer, Text, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import lambda_db
-from lambda_db.sqlalchemy import create_engine
+from lambda_db.sqlalchemy import create_engine, with_session
+from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
 from tests.support import drivers
 
-__all__ = ["Base", "Item", "engine", "env_db", "ids", "raw_insert"]
+__all__ = ["Base", "Item", "engine", "env_db", "ids", "raw_insert", "warm"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -62,6 +64,18 @@ def engine(env_db: AppDb) -> Iterator[Engine]:
     finally:
         engine.dispose()
         lambda_db.reset()
+
+
+@pytest.fixture
+def warm(engine: Engine, env_db: AppDb) -> Engine:
+    """``engine`` after one invocation: the dialect's first connect is out of the way."""
+
+    @with_session(engine)
+    def first(event: Any, context: Any, session: Session) -> None:
+        session.execute(text("SELECT 1"))
+
+    first({}, LambdaContext())
+    return engine
 
 
 def raw_insert(item_id: str) -> None:
