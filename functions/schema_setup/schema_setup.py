@@ -36,8 +36,15 @@ two roles the other functions log in as.
   when the role has an attribute beyond ``LOGIN`` (superuser, ``CREATEROLE``,
   ``CREATEDB``, ``BYPASSRLS``, replication), is a member of any role it is not given
   here (it would inherit that role's privileges: ``GRANT app_admin TO app_user`` would
-  let the API drop the table), owns any object, or holds a privilege on any object
-  other than those granted here.
+  let the API drop the table), owns any object, holds a privilege on any object other
+  than those granted on here, or holds on those (this database, ``public``, the tables
+  and their columns) a privilege of another kind than granted here or any privilege
+  ``WITH GRANT OPTION``: ``CREATE`` or ``TEMPORARY`` on the database, ``CREATE`` on
+  ``public``, the report role's anything but ``CONNECT``. The check reads the role's own
+  access list entries (not ``PUBLIC``'s) before the migration grants anything, so a
+  role the migration made passes it on every later deploy. It refuses too what the
+  migration's own ``REVOKE ALL`` on the tables would take away (``TRUNCATE``, say):
+  that ``REVOKE`` removes the master user's grants only, never another grantor's.
 * ``Delete`` succeeds without touching the database: the data and the roles outlive the
   stack (the instance's final snapshot keeps them), and the database may already be
   unreachable.
@@ -112,14 +119,14 @@ CREATE TABLE IF NOT EXISTS items (
 # What an existing role is beyond what the migration makes it: its attributes beyond
 # LOGIN, the roles it is a member of, how many objects it owns (pg_shdepend's "o" entries
 # cover every database and the shared objects), and the objects it holds a privilege on
-# ("a" entries) other than the ones the migration grants it: this database, and the
-# schemas and tables named.
+# ("a" entries) other than the ones the migration grants on: this database, schema
+# public and the tables named (_SURPLUS checks those).
 _ROLE = """
 WITH db AS (SELECT oid FROM pg_database WHERE datname = current_database()),
-allowed (classid, objid) AS (
+granted_on (classid, objid) AS (
     SELECT 'pg_database'::regclass::oid, oid FROM db
     UNION ALL
-    SELECT 'pg_namespace'::regclass::oid, oid FROM pg_namespace WHERE nspname = ANY(%(schemas)s)
+    SELECT 'pg_namespace'::regclass::oid, oid FROM pg_namespace WHERE nspname = 'public'
     UNION ALL
     SELECT 'pg_class'::regclass::oid, oid FROM pg_class
      WHERE oid = ANY(ARRAY(SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t))
@@ -137,11 +144,41 @@ SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolbypassrls OR r.rol
               WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid
                 AND d.deptype = 'a'
                 AND NOT (d.dbid IN (0, (SELECT oid FROM db))
-                         AND (d.classid, d.objid) IN (SELECT classid, objid FROM allowed))
+                         AND (d.classid, d.objid) IN (SELECT classid, objid FROM granted_on))
               ORDER BY 1)
   FROM pg_roles r
  WHERE r.rolname = %(role)s
 """
+# The role's own entries in the access lists of the objects the migration grants on
+# (this database, schema public, the tables named and their columns), before it grants
+# anything: each privilege of a kind the role may not hold there, or held WITH GRANT
+# OPTION, as (object, privilege). PUBLIC's entries are not the role's.
+_SURPLUS = """
+WITH grantee AS (SELECT oid FROM pg_roles WHERE rolname = %(role)s),
+tables AS (SELECT to_regclass(t)::oid AS oid FROM unnest(%(tables)s::text[]) AS t),
+held (rank, classid, objid, objsubid, allowed, acl) AS (
+    SELECT 1, 'pg_database'::regclass::oid, oid, 0, %(on_database)s::text[], datacl
+      FROM pg_database WHERE datname = current_database()
+    UNION ALL
+    SELECT 2, 'pg_namespace'::regclass::oid, oid, 0, %(on_schema)s::text[], nspacl
+      FROM pg_namespace WHERE nspname = 'public'
+    UNION ALL
+    SELECT 3, 'pg_class'::regclass::oid, oid, 0, %(on_tables)s::text[], relacl
+      FROM pg_class WHERE oid IN (SELECT oid FROM tables)
+    UNION ALL
+    SELECT 4, 'pg_class'::regclass::oid, attrelid, attnum, %(on_tables)s::text[], attacl
+      FROM pg_attribute
+     WHERE attrelid IN (SELECT oid FROM tables) AND attnum > 0 AND NOT attisdropped
+)
+SELECT pg_describe_object(h.classid, h.objid, h.objsubid),
+       a.privilege_type || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+  FROM held h CROSS JOIN LATERAL aclexplode(h.acl) AS a
+ WHERE a.grantee = (SELECT oid FROM grantee)
+   AND (a.is_grantable OR NOT a.privilege_type = ANY(h.allowed))
+ ORDER BY h.rank, 1, 2
+"""
+#: How many surplus privileges a refusal names (the reason CloudFormation shows is short).
+MAX_NAMED = 8
 
 
 class PropertyError(ValueError):
@@ -195,15 +232,18 @@ class Roles:
 
 @dataclass(frozen=True)
 class _Grants:
-    """What the migration gives one role: memberships, and objects it may hold privileges on."""
+    """What the migration gives one role: memberships, and the privileges it may hold on
+    this database, on schema public and on the tables (and their columns), none of them
+    WITH GRANT OPTION."""
 
     member_of: tuple[str, ...]
-    schemas: tuple[str, ...] = ()
-    tables: tuple[str, ...] = ()
+    on_database: tuple[str, ...] = ("CONNECT",)
+    on_schema: tuple[str, ...] = ()
+    on_tables: tuple[str, ...] = ()
 
 
 #: The application role: DML on the tables, through schema public.
-_APP_GRANTS = _Grants(member_of=(RDS_IAM_ROLE,), schemas=("public",), tables=TABLES)
+_APP_GRANTS = _Grants(member_of=(RDS_IAM_ROLE,), on_schema=("USAGE",), on_tables=TABLE_PRIVILEGES)
 #: The report role: statistics and settings, no table.
 _REPORT_GRANTS = _Grants(member_of=(RDS_IAM_ROLE, MONITOR_ROLE))
 
@@ -295,15 +335,24 @@ def _ensure_role(
     cur: psycopg2.extensions.cursor, name: str, grants: _Grants, defaults: dict[str, int]
 ) -> None:
     """Create ``name`` (LOGIN only), or check that the existing role is no more than the
-    migration makes it; then set its role defaults."""
-    cur.execute(
-        _ROLE, {"role": name, "schemas": list(grants.schemas), "tables": list(grants.tables)}
-    )
+    migration makes it (before the migration grants it anything); then set its role
+    defaults."""
+    cur.execute(_ROLE, {"role": name, "tables": list(TABLES)})
     row = cur.fetchone()
     if row is None:
         cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
     else:
-        _refuse_more_than_granted(name, grants, *row)
+        cur.execute(
+            _SURPLUS,
+            {
+                "role": name,
+                "tables": list(TABLES),
+                "on_database": list(grants.on_database),
+                "on_schema": list(grants.on_schema),
+                "on_tables": list(grants.on_tables),
+            },
+        )
+        _refuse_more_than_granted(name, grants, *row, surplus=cur.fetchall())
     cur.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(name)))
     for setting, milliseconds in defaults.items():
         cur.execute(
@@ -321,9 +370,26 @@ def _refuse_more_than_granted(
     member_of: list[str],
     owned: int,
     privileges: list[str],
+    *,
+    surplus: list[tuple[str, str]],
 ) -> None:
     """:class:`PermissionError` naming what the existing role ``name`` has beyond the
-    migration's grants; the whole migration then rolls back."""
+    migration's grants; the whole migration then rolls back.
+
+    ``surplus`` is what it holds beyond them on the objects the migration grants on, as
+    (object, privilege):
+
+    >>> _refuse_more_than_granted("app_user", _APP_GRANTS, False, [], 0, [], surplus=[
+    ...     ("database app", "CREATE"), ("database app", "TEMPORARY"),
+    ...     ("table items", "SELECT WITH GRANT OPTION")])
+    Traceback (most recent call last):
+    ...
+    PermissionError: role 'app_user' already exists with more than LOGIN and this \
+migration's grants: CREATE, TEMPORARY on database app; SELECT WITH GRANT OPTION on table \
+items (REVOKE each FROM app_user as the role that granted it; REVOKE GRANT OPTION FOR \
+an allowed one keeps the privilege). No function will log in as it: choose another name, \
+or take those away
+    """
     found = []
     if attributes:
         found.append(
@@ -337,6 +403,16 @@ def _refuse_more_than_granted(
         )
     if owned:
         found.append(f"{owned} object(s) it owns (REASSIGN OWNED BY {name} TO ...)")
+    if surplus:
+        by_object: dict[str, list[str]] = {}
+        for described, privilege in surplus:
+            by_object.setdefault(described, []).append(privilege)
+        named = [f"{', '.join(held)} on {described}" for described, held in by_object.items()]
+        shown = "; ".join(named[:MAX_NAMED]) + ("; ..." if len(named) > MAX_NAMED else "")
+        found.append(
+            f"{shown} (REVOKE each FROM {name} as the role that granted it; "
+            "REVOKE GRANT OPTION FOR an allowed one keeps the privilege)"
+        )
     if privileges:
         shown = ", ".join(privileges[:5]) + (", ..." if len(privileges) > 5 else "")
         found.append(f"privileges on {shown}")

@@ -12,7 +12,7 @@ import psycopg2.errors
 import pytest
 
 from tests.conftest import AppDb
-from tests.template.conftest import AppRole, CloudFormation, Run
+from tests.template.conftest import AppRole, CloudFormation, Run, load_event
 from tests.template.test_schema_setup import connect_as
 
 
@@ -198,3 +198,158 @@ def test_report_role_logs_in_with_its_own_password_only(
                 user=report_role.name, password=app_role.password, dbname=app_db.name
             )
         ).close()
+
+
+# ------------------------------------- privileges on the migration's own objects
+
+
+def grants_of(app_db: AppDb, *roles: AppRole) -> list[tuple[Any, ...]]:
+    """What a failed migration must leave as it was: the roles' defaults and memberships,
+    and every access list in the database (this database's, the schemas', the relations'
+    and their columns')."""
+    return app_db.query(
+        "SELECT r.rolname, r.rolconfig,"
+        "       ARRAY(SELECT g.rolname::text FROM pg_auth_members m"
+        "              JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1),"
+        "       (SELECT datacl::text FROM pg_database WHERE datname = current_database()),"
+        "       ARRAY(SELECT nspname || nspacl::text FROM pg_namespace"
+        "              WHERE nspacl IS NOT NULL ORDER BY 1),"
+        "       ARRAY(SELECT c.relname || coalesce(c.relacl::text, '')"
+        "                    || coalesce(a.attname || a.attacl::text, '')"
+        "               FROM pg_class c LEFT JOIN pg_attribute a"
+        "                 ON a.attrelid = c.oid AND a.attacl IS NOT NULL"
+        "              WHERE c.relnamespace = 'public'::regnamespace ORDER BY 1)"
+        "  FROM pg_roles r WHERE r.rolname = ANY(%s) ORDER BY 1",
+        ([role.name for role in roles],),
+    )
+
+
+#: Each surplus privilege on the objects the migration grants on: who holds it (the
+#: application or the report role), whether the tables must exist first (the first deploy
+#: ran), the statements that grant it, and how the refusal names it. ``{db}`` is this
+#: database, ``{role}`` the role.
+SURPLUS = [
+    pytest.param("app", False, ['GRANT CREATE ON DATABASE "{db}" TO "{role}"'],
+                 "CREATE on database {db}", id="database-create"),
+    pytest.param("app", False, ['GRANT TEMPORARY ON DATABASE "{db}" TO "{role}"'],
+                 "TEMPORARY on database {db}", id="database-temporary"),
+    pytest.param("app", False, ['GRANT CREATE ON SCHEMA public TO "{role}"'],
+                 "CREATE on schema public", id="schema-create"),
+    pytest.param("app", True, ['GRANT SELECT ON items TO "{role}" WITH GRANT OPTION'],
+                 "SELECT WITH GRANT OPTION on table items", id="table-grant-option"),
+    pytest.param("app", False, ['GRANT USAGE ON SCHEMA public TO "{role}" WITH GRANT OPTION'],
+                 "USAGE WITH GRANT OPTION on schema public", id="schema-grant-option"),
+    pytest.param("app", False, ['GRANT CONNECT ON DATABASE "{db}" TO "{role}" WITH GRANT OPTION'],
+                 "CONNECT WITH GRANT OPTION on database {db}", id="database-grant-option"),
+    pytest.param("app", True,
+                 ['GRANT UPDATE (quantity) ON items TO "{role}" WITH GRANT OPTION'],
+                 "UPDATE WITH GRANT OPTION on column quantity of table items",
+                 id="column-grant-option"),
+    pytest.param("app", True, ['GRANT TRUNCATE ON lambda_db_idempotency TO "{role}"'],
+                 "TRUNCATE on table lambda_db_idempotency", id="table-truncate"),
+    pytest.param("app", True, ['GRANT REFERENCES (id) ON items TO "{role}"'],
+                 "REFERENCES on column id of table items", id="column-references"),
+    pytest.param("report", True, ['GRANT SELECT ON items TO "{role}"'],
+                 "SELECT on table items", id="report-select"),
+    pytest.param("report", False, ['GRANT TEMPORARY ON DATABASE "{db}" TO "{role}"'],
+                 "TEMPORARY on database {db}", id="report-temporary"),
+    pytest.param("report", False, ['GRANT USAGE ON SCHEMA public TO "{role}"'],
+                 "USAGE on schema public", id="report-schema-usage"),
+    pytest.param(  # the review's example, all at once, on a deployed application role
+        "app", True,
+        ['GRANT CREATE, TEMPORARY ON DATABASE "{db}" TO "{role}"',
+         'GRANT CREATE ON SCHEMA public TO "{role}"',
+         'GRANT SELECT ON items TO "{role}" WITH GRANT OPTION'],
+        "CREATE, TEMPORARY on database {db}; CREATE on schema public;"
+        " SELECT WITH GRANT OPTION on table items",
+        id="several",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("holder", "deployed_first", "statements", "named"), SURPLUS)
+def test_a_surplus_privilege_on_the_migrations_objects_is_refused(
+    run: Run,
+    app_db: AppDb,
+    app_role: AppRole,
+    report_role: AppRole,
+    cloudformation: CloudFormation,
+    holder: str,
+    deployed_first: bool,
+    statements: list[str],
+    named: str,
+) -> None:
+    role = app_role if holder == "app" else report_role
+    if deployed_first:
+        assert run("schema-create.json")["Status"] == "SUCCESS"
+    else:
+        app_db.pg.execute(f'CREATE ROLE "{role.name}" LOGIN')
+    for statement in statements:
+        app_db.query(statement.format(db=app_db.name, role=role.name))
+    before = grants_of(app_db, app_role, report_role)
+    update = load_event("schema-update.json")  # new role defaults, which must not apply
+    update["ResourceProperties"]["StatementTimeoutMs"] = "6000"
+    answer = run("schema-update.json", event=update)
+    assert answer["Status"] == "FAILED", answer
+    assert cloudformation.last()["Status"] == "FAILED"
+    reason = answer["Reason"]
+    assert "PermissionError" in reason
+    assert f"role {role.name!r}" in reason
+    assert named.format(db=app_db.name) in reason, reason
+    assert "REVOKE" in reason and f"FROM {role.name}" in reason, reason  # how to take it away
+    for secret in (app_role.password, report_role.password, app_db.password):
+        assert secret not in reason
+    assert grants_of(app_db, app_role, report_role) == before  # all rolled back
+    if not deployed_first:
+        assert app_db.query("SELECT to_regclass('items') IS NULL") == [(True,)]
+
+
+def test_a_grant_option_from_another_grantor_is_refused(
+    run: Run, app_db: AppDb, app_role: AppRole, cloudformation: CloudFormation
+) -> None:
+    """The migration's REVOKE ALL, run by the tables' owner, takes away only the owner's
+    grants: one made by another holder of the grant option would outlive it."""
+    assert run("schema-create.json")["Status"] == "SUCCESS"
+    grantor = f"{app_db.name}_grantor"
+    app_db.pg.execute(f'CREATE ROLE "{grantor}" NOLOGIN')
+    try:
+        app_db.query(f'GRANT UPDATE (quantity) ON items TO "{grantor}" WITH GRANT OPTION')
+        app_db.query(
+            f'SET ROLE "{grantor}";'
+            f' GRANT UPDATE (quantity) ON items TO "{app_role.name}" WITH GRANT OPTION'
+        )
+        answer = run("schema-update.json")
+        assert answer["Status"] == "FAILED", answer
+        assert "UPDATE WITH GRANT OPTION on column quantity of table items" in answer["Reason"]
+        assert cloudformation.last()["Status"] == "FAILED"
+    finally:
+        app_db.query(f'REVOKE ALL ON items FROM "{grantor}" CASCADE')
+        app_db.pg.execute(f'DROP ROLE "{grantor}"')
+
+
+@pytest.mark.parametrize("on_rds", [False, True], ids=["postgres", "rds"])
+def test_roles_with_exactly_the_allowed_privileges_are_reused(
+    request: pytest.FixtureRequest,
+    run: Run,
+    app_db: AppDb,
+    app_role: AppRole,
+    report_role: AppRole,
+    on_rds: bool,
+) -> None:
+    """Created by hand with what the migration grants (the tables do not exist yet), then
+    deployed twice: the second run finds the first run's grants and the column
+    privileges added in between, all within what it allows."""
+    if on_rds:
+        request.getfixturevalue("rds_iam")
+    member_of = " IN ROLE rds_iam" if on_rds else ""
+    app, report = app_role.name, report_role.name
+    app_db.pg.execute(f'CREATE ROLE "{app}" LOGIN{member_of}')
+    app_db.pg.execute(f'CREATE ROLE "{report}" LOGIN{member_of}')
+    app_db.query(f'GRANT CONNECT ON DATABASE "{app_db.name}" TO "{app}", "{report}"')
+    app_db.query(f'GRANT USAGE ON SCHEMA public TO "{app}"')
+    app_db.query(f'GRANT pg_monitor TO "{report}"')
+    assert run("schema-create.json")["Status"] == "SUCCESS"
+    app_db.query(f'GRANT SELECT (name), UPDATE (quantity) ON items TO "{app}"')
+    for _ in range(2):
+        answer = run("schema-update.json")
+        assert answer["Status"] == "SUCCESS", answer
