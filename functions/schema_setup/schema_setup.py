@@ -44,7 +44,9 @@ two roles the other functions log in as.
   access list entries (not ``PUBLIC``'s) before the migration grants anything, so a
   role the migration made passes it on every later deploy. It refuses too what the
   migration's own ``REVOKE ALL`` on the tables would take away (``TRUNCATE``, say):
-  that ``REVOKE`` removes the master user's grants only, never another grantor's.
+  that ``REVOKE`` removes the master user's grants only, never another grantor's. On
+  PostgreSQL 16+ the master user (``CREATEROLE``) may alter only the roles it has the
+  ``ADMIN OPTION`` on: a role someone else created fails the migration, saying so.
 * ``Delete`` succeeds without touching the database: the data and the roles outlive the
   stack (the instance's final snapshot keeps them), and the database may already be
   unreachable.
@@ -353,7 +355,17 @@ def _ensure_role(
             },
         )
         _refuse_more_than_granted(name, grants, *row, surplus=cur.fetchall())
-    cur.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(name)))
+    try:
+        cur.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(name)))
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        # PostgreSQL 16+: a CREATEROLE role alters only the roles it has ADMIN OPTION on
+        # (those it created, or was granted so).
+        raise PermissionError(
+            f"role {name!r} was created by another role, and the master user may not alter "
+            f"it: on PostgreSQL 16+ that needs the ADMIN OPTION on it (GRANT {name} TO "
+            f"{cur.connection.info.user} WITH ADMIN OPTION, by its creator or a superuser), "
+            "or choose another name"
+        ) from exc
     for setting, milliseconds in defaults.items():
         cur.execute(
             sql.SQL("ALTER ROLE {} SET {} = %s").format(
