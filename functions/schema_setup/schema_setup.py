@@ -154,7 +154,7 @@ SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolbypassrls OR r.rol
 # The role's own entries in the access lists of the objects the migration grants on
 # (this database, schema public, the tables named and their columns), before it grants
 # anything: each privilege of a kind the role may not hold there, or held WITH GRANT
-# OPTION, as (object, privilege). PUBLIC's entries are not the role's.
+# OPTION, as (object, privilege, grantor). PUBLIC's entries are not the role's.
 _SURPLUS = """
 WITH grantee AS (SELECT oid FROM pg_roles WHERE rolname = %(role)s),
 tables AS (SELECT to_regclass(t)::oid AS oid FROM unnest(%(tables)s::text[]) AS t),
@@ -172,12 +172,16 @@ held (rank, classid, objid, objsubid, allowed, acl) AS (
       FROM pg_attribute
      WHERE attrelid IN (SELECT oid FROM tables) AND attnum > 0 AND NOT attisdropped
 )
-SELECT pg_describe_object(h.classid, h.objid, h.objsubid),
-       a.privilege_type || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
-  FROM held h CROSS JOIN LATERAL aclexplode(h.acl) AS a
- WHERE a.grantee = (SELECT oid FROM grantee)
-   AND (a.is_grantable OR NOT a.privilege_type = ANY(h.allowed))
- ORDER BY h.rank, 1, 2
+SELECT described, privilege, grantor FROM (
+    SELECT DISTINCT h.rank, pg_describe_object(h.classid, h.objid, h.objsubid) AS described,
+           a.privilege_type || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+               AS privilege,
+           pg_get_userbyid(a.grantor)::text AS grantor
+      FROM held h CROSS JOIN LATERAL aclexplode(h.acl) AS a
+     WHERE a.grantee = (SELECT oid FROM grantee)
+       AND (a.is_grantable OR NOT a.privilege_type = ANY(h.allowed))
+) AS surplus
+ ORDER BY rank, described, privilege, grantor
 """
 #: How many surplus privileges a refusal names (the reason CloudFormation shows is short).
 MAX_NAMED = 8
@@ -383,24 +387,25 @@ def _refuse_more_than_granted(
     owned: int,
     privileges: list[str],
     *,
-    surplus: list[tuple[str, str]],
+    surplus: list[tuple[str, str, str]],
 ) -> None:
     """:class:`PermissionError` naming what the existing role ``name`` has beyond the
     migration's grants; the whole migration then rolls back.
 
     ``surplus`` is what it holds beyond them on the objects the migration grants on, as
-    (object, privilege):
+    (object, privilege, grantor); a privilege two roles granted is named once:
 
     >>> _refuse_more_than_granted("app_user", _APP_GRANTS, False, [], 0, [], surplus=[
-    ...     ("database app", "CREATE"), ("database app", "TEMPORARY"),
-    ...     ("table items", "SELECT WITH GRANT OPTION")])
+    ...     ("database app", "CREATE", "app_admin"),
+    ...     ("database app", "TEMPORARY", "app_admin"),
+    ...     ("table items", "TRUNCATE", "app_admin"), ("table items", "TRUNCATE", "ops")])
     Traceback (most recent call last):
     ...
     PermissionError: role 'app_user' already exists with more than LOGIN and this \
-migration's grants: CREATE, TEMPORARY on database app; SELECT WITH GRANT OPTION on table \
-items (REVOKE each FROM app_user as the role that granted it; REVOKE GRANT OPTION FOR \
-an allowed one keeps the privilege). No function will log in as it: choose another name, \
-or take those away
+migration's grants: CREATE (granted by app_admin), TEMPORARY (granted by app_admin) on \
+database app; TRUNCATE (granted by app_admin, ops) on table items (REVOKE each FROM \
+app_user as the role that granted it; REVOKE GRANT OPTION FOR an allowed one keeps the \
+privilege). No function will log in as it: choose another name, or take those away
     """
     found = []
     if attributes:
@@ -416,10 +421,14 @@ or take those away
     if owned:
         found.append(f"{owned} object(s) it owns (REASSIGN OWNED BY {name} TO ...)")
     if surplus:
-        by_object: dict[str, list[str]] = {}
-        for described, privilege in surplus:
-            by_object.setdefault(described, []).append(privilege)
-        named = [f"{', '.join(held)} on {described}" for described, held in by_object.items()]
+        by_object: dict[str, dict[str, list[str]]] = {}
+        for described, privilege, grantor in surplus:
+            by_object.setdefault(described, {}).setdefault(privilege, []).append(grantor)
+        named = [
+            ", ".join(f"{privilege} (granted by {', '.join(by)})" for privilege, by in held.items())
+            + f" on {described}"
+            for described, held in by_object.items()
+        ]
         shown = "; ".join(named[:MAX_NAMED]) + ("; ..." if len(named) > MAX_NAMED else "")
         found.append(
             f"{shown} (REVOKE each FROM {name} as the role that granted it; "

@@ -235,41 +235,48 @@ def grants_of(app_db: AppDb, *roles: AppRole) -> list[tuple[Any, ...]]:
 #: Each surplus privilege on the objects the migration grants on: who holds it (the
 #: application or the report role), whether the tables must exist first (the first deploy
 #: ran), the statements that grant it, and how the refusal names it. ``{db}`` is this
-#: database, ``{role}`` the role.
+#: database, ``{role}`` the role, ``{master}`` the master user (the grantor of what a
+#: superuser grants on the objects it owns) and ``{schema_owner}`` public's owner.
 SURPLUS = [
     pytest.param("app", False, ['GRANT CREATE ON DATABASE "{db}" TO "{role}"'],
-                 "CREATE on database {db}", id="database-create"),
+                 "CREATE (granted by {master}) on database {db}", id="database-create"),
     pytest.param("app", False, ['GRANT TEMPORARY ON DATABASE "{db}" TO "{role}"'],
-                 "TEMPORARY on database {db}", id="database-temporary"),
+                 "TEMPORARY (granted by {master}) on database {db}", id="database-temporary"),
     pytest.param("app", False, ['GRANT CREATE ON SCHEMA public TO "{role}"'],
-                 "CREATE on schema public", id="schema-create"),
+                 "CREATE (granted by {schema_owner}) on schema public", id="schema-create"),
     pytest.param("app", True, ['GRANT SELECT ON items TO "{role}" WITH GRANT OPTION'],
-                 "SELECT WITH GRANT OPTION on table items", id="table-grant-option"),
+                 "SELECT WITH GRANT OPTION (granted by {master}) on table items",
+                 id="table-grant-option"),
     pytest.param("app", False, ['GRANT USAGE ON SCHEMA public TO "{role}" WITH GRANT OPTION'],
-                 "USAGE WITH GRANT OPTION on schema public", id="schema-grant-option"),
+                 "USAGE WITH GRANT OPTION (granted by {schema_owner}) on schema public",
+                 id="schema-grant-option"),
     pytest.param("app", False, ['GRANT CONNECT ON DATABASE "{db}" TO "{role}" WITH GRANT OPTION'],
-                 "CONNECT WITH GRANT OPTION on database {db}", id="database-grant-option"),
+                 "CONNECT WITH GRANT OPTION (granted by {master}) on database {db}",
+                 id="database-grant-option"),
     pytest.param("app", True,
                  ['GRANT UPDATE (quantity) ON items TO "{role}" WITH GRANT OPTION'],
-                 "UPDATE WITH GRANT OPTION on column quantity of table items",
+                 "UPDATE WITH GRANT OPTION (granted by {master}) on column quantity of table items",
                  id="column-grant-option"),
     pytest.param("app", True, ['GRANT TRUNCATE ON lambda_db_idempotency TO "{role}"'],
-                 "TRUNCATE on table lambda_db_idempotency", id="table-truncate"),
+                 "TRUNCATE (granted by {master}) on table lambda_db_idempotency",
+                 id="table-truncate"),
     pytest.param("app", True, ['GRANT REFERENCES (id) ON items TO "{role}"'],
-                 "REFERENCES on column id of table items", id="column-references"),
+                 "REFERENCES (granted by {master}) on column id of table items",
+                 id="column-references"),
     pytest.param("report", True, ['GRANT SELECT ON items TO "{role}"'],
-                 "SELECT on table items", id="report-select"),
+                 "SELECT (granted by {master}) on table items", id="report-select"),
     pytest.param("report", False, ['GRANT TEMPORARY ON DATABASE "{db}" TO "{role}"'],
-                 "TEMPORARY on database {db}", id="report-temporary"),
+                 "TEMPORARY (granted by {master}) on database {db}", id="report-temporary"),
     pytest.param("report", False, ['GRANT USAGE ON SCHEMA public TO "{role}"'],
-                 "USAGE on schema public", id="report-schema-usage"),
+                 "USAGE (granted by {schema_owner}) on schema public", id="report-schema-usage"),
     pytest.param(  # the review's example, all at once, on a deployed application role
         "app", True,
         ['GRANT CREATE, TEMPORARY ON DATABASE "{db}" TO "{role}"',
          'GRANT CREATE ON SCHEMA public TO "{role}"',
          'GRANT SELECT ON items TO "{role}" WITH GRANT OPTION'],
-        "CREATE, TEMPORARY on database {db}; CREATE on schema public;"
-        " SELECT WITH GRANT OPTION on table items",
+        "CREATE (granted by {master}), TEMPORARY (granted by {master}) on database {db};"
+        " CREATE (granted by {schema_owner}) on schema public;"
+        " SELECT WITH GRANT OPTION (granted by {master}) on table items",
         id="several",
     ),
 ]  # fmt: skip
@@ -303,7 +310,10 @@ def test_a_surplus_privilege_on_the_migrations_objects_is_refused(
     reason = answer["Reason"]
     assert "PermissionError" in reason
     assert f"role {role.name!r}" in reason
-    assert named.format(db=app_db.name) in reason, reason
+    ((schema_owner,),) = app_db.query(
+        "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'public'"
+    )
+    assert named.format(db=app_db.name, master=app_db.role, schema_owner=schema_owner) in reason
     assert "REVOKE" in reason and f"FROM {role.name}" in reason, reason  # how to take it away
     for secret in (app_role.password, report_role.password, app_db.password):
         assert secret not in reason
@@ -312,27 +322,56 @@ def test_a_surplus_privilege_on_the_migrations_objects_is_refused(
         assert app_db.query("SELECT to_regclass('items') IS NULL") == [(True,)]
 
 
+@pytest.fixture
+def grantor(app_db: AppDb) -> Iterator[str]:
+    """A role other than the tables' owner that may grant on them: ``GRANT ... WITH
+    GRANT OPTION`` to it, then ``SET ROLE`` to it to grant on."""
+    name = f"{app_db.name}_grantor"
+    app_db.pg.execute(f'CREATE ROLE "{name}" NOLOGIN')
+    try:
+        yield name
+    finally:
+        for table in ("items", "lambda_db_idempotency"):
+            if app_db.query("SELECT to_regclass(%s)", (table,)) != [(None,)]:
+                app_db.query(f'REVOKE ALL ON {table} FROM "{name}" CASCADE')
+        app_db.pg.execute(f'DROP ROLE "{name}"')
+
+
 def test_a_grant_option_from_another_grantor_is_refused(
-    run: Run, app_db: AppDb, app_role: AppRole, cloudformation: CloudFormation
+    run: Run, app_db: AppDb, app_role: AppRole, cloudformation: CloudFormation, grantor: str
 ) -> None:
     """The migration's REVOKE ALL, run by the tables' owner, takes away only the owner's
     grants: one made by another holder of the grant option would outlive it."""
     assert run("schema-create.json")["Status"] == "SUCCESS"
-    grantor = f"{app_db.name}_grantor"
-    app_db.pg.execute(f'CREATE ROLE "{grantor}" NOLOGIN')
-    try:
-        app_db.query(f'GRANT UPDATE (quantity) ON items TO "{grantor}" WITH GRANT OPTION')
-        app_db.query(
-            f'SET ROLE "{grantor}";'
-            f' GRANT UPDATE (quantity) ON items TO "{app_role.name}" WITH GRANT OPTION'
-        )
-        answer = run("schema-update.json")
-        assert answer["Status"] == "FAILED", answer
-        assert "UPDATE WITH GRANT OPTION on column quantity of table items" in answer["Reason"]
-        assert cloudformation.last()["Status"] == "FAILED"
-    finally:
-        app_db.query(f'REVOKE ALL ON items FROM "{grantor}" CASCADE')
-        app_db.pg.execute(f'DROP ROLE "{grantor}"')
+    app_db.query(f'GRANT UPDATE (quantity) ON items TO "{grantor}" WITH GRANT OPTION')
+    app_db.query(
+        f'SET ROLE "{grantor}";'
+        f' GRANT UPDATE (quantity) ON items TO "{app_role.name}" WITH GRANT OPTION'
+    )
+    answer = run("schema-update.json")
+    assert answer["Status"] == "FAILED", answer
+    assert (
+        f"UPDATE WITH GRANT OPTION (granted by {grantor}) on column quantity of table items"
+        in answer["Reason"]
+    )
+    assert cloudformation.last()["Status"] == "FAILED"
+
+
+def test_a_privilege_two_roles_granted_is_named_once_with_both_grantors(
+    run: Run, app_db: AppDb, app_role: AppRole, report_role: AppRole, grantor: str
+) -> None:
+    assert run("schema-create.json")["Status"] == "SUCCESS"
+    app_db.query(f'GRANT TRUNCATE ON items TO "{grantor}" WITH GRANT OPTION')
+    app_db.query(f'GRANT TRUNCATE ON items TO "{app_role.name}"')  # as the owner
+    app_db.query(f'SET ROLE "{grantor}"; GRANT TRUNCATE ON items TO "{app_role.name}"')
+    before = grants_of(app_db, app_role, report_role)
+    answer = run("schema-update.json")
+    assert answer["Status"] == "FAILED", answer
+    reason = answer["Reason"]
+    by = ", ".join(sorted((app_db.role, grantor)))
+    assert f"TRUNCATE (granted by {by}) on table items" in reason, reason
+    assert reason.count("TRUNCATE") == 1, reason
+    assert grants_of(app_db, app_role, report_role) == before
 
 
 @pytest.mark.parametrize("on_rds", [False, True], ids=["postgres", "rds"])
