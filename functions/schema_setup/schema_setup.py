@@ -47,6 +47,14 @@ two roles the other functions log in as.
   that ``REVOKE`` removes the master user's grants only, never another grantor's. On
   PostgreSQL 16+ the master user (``CREATEROLE``) may alter only the roles it has the
   ``ADMIN OPTION`` on: a role someone else created fails the migration, saying so.
+
+  What reaches the roles otherwise is checked after every grant, in the same
+  transaction: the migration first takes its own grants on the tables and their
+  sequences away from ``PUBLIC``, ``pg_monitor`` and ``rds_iam`` (default privileges would
+  give them new tables), then asks the server (``has_*_privilege``) what each role can do
+  on this database, ``public``, the tables, their columns and sequences, and fails when it
+  is more than the grants above (``USAGE`` on ``public``, which ``PUBLIC`` has by default,
+  allowed to both), naming the privilege and whether ``PUBLIC`` or a membership gives it.
 * ``Delete`` succeeds without touching the database: the data and the roles outlive the
   stack (the instance's final snapshot keeps them), and the database may already be
   unreachable.
@@ -183,6 +191,85 @@ SELECT described, privilege, grantor FROM (
 ) AS surplus
  ORDER BY rank, described, privilege, grantor
 """
+# What a role can do, after every grant, on the objects the migration grants on and the
+# tables' own sequences (items' identity): each privilege of %(checked)s, per kind of object
+# ("database", "schema", "table", "column", "sequence"), that has_*_privilege says the role
+# has (so through PUBLIC, a membership or its own entries alike) and may not, as (object,
+# privilege, NULL when PUBLIC's entries give it, else the roles it is a member of that have
+# it). The privilege names differ by kind and server version, hence the list from the
+# caller.
+_EFFECTIVE = """
+WITH grantee AS (SELECT oid FROM pg_roles WHERE rolname = %(role)s),
+tables AS (SELECT to_regclass(t)::oid AS oid FROM unnest(%(tables)s::text[]) AS t),
+objects (rank, kind, classid, objid, objsubid, acl) AS (
+    SELECT 1, 'database', 'pg_database'::regclass::oid, oid, 0,
+           coalesce(datacl, acldefault('d', datdba))
+      FROM pg_database WHERE datname = current_database()
+    UNION ALL
+    SELECT 2, 'schema', 'pg_namespace'::regclass::oid, oid, 0,
+           coalesce(nspacl, acldefault('n', nspowner))
+      FROM pg_namespace WHERE nspname = 'public'
+    UNION ALL
+    SELECT 3, 'table', 'pg_class'::regclass::oid, oid, 0,
+           coalesce(relacl, acldefault('r', relowner))
+      FROM pg_class WHERE oid IN (SELECT oid FROM tables)
+    UNION ALL
+    SELECT 4, 'column', 'pg_class'::regclass::oid, a.attrelid, a.attnum,
+           coalesce(a.attacl, '{}') || coalesce(c.relacl, acldefault('r', c.relowner))
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+     WHERE a.attrelid IN (SELECT oid FROM tables) AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT 5, 'sequence', 'pg_class'::regclass::oid, s.oid, 0,
+           coalesce(s.relacl, acldefault('s', s.relowner))
+      FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+     WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid IN (SELECT oid FROM tables) AND d.deptype IN ('a', 'i')
+),
+checks AS (
+    SELECT o.*, p.privilege
+      FROM objects o
+      JOIN jsonb_each(%(checked)s::jsonb) AS k (kind, privileges) ON k.kind = o.kind
+     CROSS JOIN LATERAL jsonb_array_elements_text(k.privileges) AS p (privilege)
+),
+members_of AS (
+    SELECT r.oid, r.rolname::text AS rolname FROM pg_roles r, grantee g
+     WHERE r.oid <> g.oid AND pg_has_role(g.oid, r.oid, 'USAGE')
+)
+SELECT pg_describe_object(c.classid, c.objid, c.objsubid), c.privilege,
+       CASE WHEN EXISTS (
+                SELECT FROM aclexplode(c.acl) AS a
+                 WHERE a.grantee = 0 AND a.privilege_type = split_part(c.privilege, ' ', 1)
+                   AND (a.is_grantable OR c.privilege NOT LIKE '%% WITH GRANT OPTION'))
+            THEN NULL
+            ELSE ARRAY(
+                SELECT m.rolname FROM members_of m
+                 WHERE CASE c.kind
+                       WHEN 'database' THEN has_database_privilege(m.oid, c.objid, c.privilege)
+                       WHEN 'schema' THEN has_schema_privilege(m.oid, c.objid, c.privilege)
+                       WHEN 'table' THEN has_table_privilege(m.oid, c.objid, c.privilege)
+                       WHEN 'column' THEN has_column_privilege(m.oid, c.objid,
+                                                               c.objsubid::int2, c.privilege)
+                       ELSE has_sequence_privilege(m.oid, c.objid, c.privilege) END
+                 ORDER BY 1)
+       END
+  FROM checks c, grantee g
+ WHERE CASE c.kind
+       WHEN 'database' THEN has_database_privilege(g.oid, c.objid, c.privilege)
+       WHEN 'schema' THEN has_schema_privilege(g.oid, c.objid, c.privilege)
+       WHEN 'table' THEN has_table_privilege(g.oid, c.objid, c.privilege)
+       WHEN 'column' THEN has_column_privilege(g.oid, c.objid, c.objsubid::int2, c.privilege)
+       ELSE has_sequence_privilege(g.oid, c.objid, c.privilege) END
+ ORDER BY c.rank, 1, 2
+"""
+#: Every privilege each kind of object has (MAINTAIN on tables from PostgreSQL 17).
+_PRIVILEGES = {
+    "database": ("CREATE", "CONNECT", "TEMPORARY"),
+    "schema": ("CREATE", "USAGE"),
+    "table": ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"),
+    "column": ("SELECT", "INSERT", "UPDATE", "REFERENCES"),
+    "sequence": ("USAGE", "SELECT", "UPDATE"),
+}
+_MAINTAIN_SINCE = 170000
 #: How many surplus privileges a refusal names (the reason CloudFormation shows is short).
 MAX_NAMED = 8
 
@@ -246,6 +333,36 @@ class _Grants:
     on_database: tuple[str, ...] = ("CONNECT",)
     on_schema: tuple[str, ...] = ()
     on_tables: tuple[str, ...] = ()
+
+    def effective(self, server_version: int) -> dict[str, list[str]]:
+        """The privileges, by kind of object, the role may not end up with by any means
+        (its own entries, ``PUBLIC``'s, a membership's): every other kind than granted,
+        and every one ``WITH GRANT OPTION``. ``USAGE`` on ``public`` is allowed to both
+        roles: ``PUBLIC`` has it by default, and it lets a role look up names only (each
+        object has its own privileges, checked here for the tables).
+
+        >>> _REPORT_GRANTS.effective(160000)["database"]
+        ['CREATE', 'TEMPORARY', 'CREATE WITH GRANT OPTION', 'CONNECT WITH GRANT OPTION', \
+'TEMPORARY WITH GRANT OPTION']
+        >>> _APP_GRANTS.effective(170000)["table"][:3]
+        ['TRUNCATE', 'REFERENCES', 'TRIGGER']
+        """
+        allowed = {
+            "database": self.on_database,
+            "schema": (*self.on_schema, "USAGE"),
+            "table": self.on_tables,
+            "column": self.on_tables,
+            "sequence": (),
+        }
+        checked = {}
+        for kind, privileges in _PRIVILEGES.items():
+            every = privileges
+            if kind == "table" and server_version >= _MAINTAIN_SINCE:
+                every = (*privileges, "MAINTAIN")
+            checked[kind] = [p for p in every if p not in allowed[kind]] + [
+                f"{p} WITH GRANT OPTION" for p in every
+            ]
+        return checked
 
 
 #: The application role: DML on the tables, through schema public.
@@ -334,6 +451,8 @@ def migrate(event: dict[str, Any], context: LambdaContext) -> Roles:
             _grant_login(cur, name, on_rds=on_rds, password=bool(password), variable=variable)
         _grant_tables(cur, roles.app)
         _grant_monitoring(cur, roles.report)
+        _revoke_shared(cur, on_rds=on_rds)
+        _refuse_effective(cur, ((roles.app, _APP_GRANTS), (roles.report, _REPORT_GRANTS)))
     return roles
 
 
@@ -505,6 +624,67 @@ def _grant_monitoring(cur: psycopg2.extensions.cursor, name: str) -> None:
             "rds_superuser membership allows it; elsewhere, a superuser must GRANT "
             f"{MONITOR_ROLE} TO it WITH ADMIN OPTION"
         ) from exc
+
+
+def _revoke_shared(cur: psycopg2.extensions.cursor, *, on_rds: bool) -> None:
+    """Take the master user's grants on the tables and their sequences away from the
+    roles the functions' roles share (``PUBLIC``, ``pg_monitor``, ``rds_iam``): default
+    privileges (``ALTER DEFAULT PRIVILEGES ... TO PUBLIC``) would otherwise reach them.
+    Another grantor's are left, and :func:`_refuse_effective` refuses them."""
+    shared = [sql.SQL("PUBLIC"), sql.Identifier(MONITOR_ROLE)]
+    if on_rds:
+        shared.append(sql.Identifier(RDS_IAM_ROLE))
+    cur.execute(
+        "SELECT n.nspname::text, s.relname::text FROM pg_depend d"
+        "  JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+        "  JOIN pg_namespace n ON n.oid = s.relnamespace"
+        " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
+        "   AND d.deptype IN ('a', 'i')"
+        "   AND d.refobjid = ANY(ARRAY(SELECT to_regclass(t)::oid FROM unnest(%s::text[]) t))"
+        " ORDER BY 1, 2",
+        (list(TABLES),),
+    )
+    objects = [(sql.SQL("TABLE"), sql.Identifier(table)) for table in TABLES]
+    objects += [(sql.SQL("SEQUENCE"), sql.Identifier(*name)) for name in cur.fetchall()]
+    for kind, name in objects:
+        cur.execute(
+            sql.SQL("REVOKE ALL ON {} {} FROM {}").format(kind, name, sql.SQL(", ").join(shared))
+        )
+
+
+def _refuse_effective(
+    cur: psycopg2.extensions.cursor, roles: tuple[tuple[str, _Grants], ...]
+) -> None:
+    """After every grant: :class:`PermissionError` (the migration rolls back) naming each
+    privilege a role has on this database, ``public``, the tables, their columns or
+    sequences beyond the migration's grants, and where it comes from (``PUBLIC``'s
+    entries, or the roles it is a member of that have it)."""
+    version = cur.connection.server_version
+    found = []
+    for name, grants in roles:
+        cur.execute(
+            _EFFECTIVE,
+            {
+                "role": name,
+                "tables": list(TABLES),
+                "checked": json.dumps(grants.effective(version)),
+            },
+        )
+        for described, privilege, through in cur.fetchall():
+            if through is None:
+                source = "PUBLIC"
+            elif through:
+                source = f"membership in {', '.join(through)}"
+            else:
+                source = "its own grants"
+            found.append(f"role {name!r} has {privilege} on {described} through {source}")
+    if found:
+        shown = "; ".join(found[:MAX_NAMED]) + ("; ..." if len(found) > MAX_NAMED else "")
+        raise PermissionError(
+            f"beyond this migration's grants, from grants it does not take away: {shown}. "
+            "REVOKE each from PUBLIC or that role, as the role that granted it (the "
+            "object's access list shows who); nothing was changed"
+        )
 
 
 def _answer(

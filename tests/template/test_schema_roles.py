@@ -331,9 +331,10 @@ def grantor(app_db: AppDb) -> Iterator[str]:
     try:
         yield name
     finally:
-        for table in ("items", "lambda_db_idempotency"):
+        for table in ("items", "items_id_seq", "lambda_db_idempotency"):
             if app_db.query("SELECT to_regclass(%s)", (table,)) != [(None,)]:
                 app_db.query(f'REVOKE ALL ON {table} FROM "{name}" CASCADE')
+        app_db.query(f'REVOKE ALL ON DATABASE "{app_db.name}" FROM "{name}" CASCADE')
         app_db.pg.execute(f'DROP ROLE "{name}"')
 
 
@@ -427,3 +428,150 @@ def test_a_role_the_master_user_may_not_alter_is_refused(
         f"role {report_role.name!r} was created by another role",
         f"GRANT {report_role.name} TO {app_db.role} WITH ADMIN OPTION",
     )
+
+
+# ------------------------------ privileges through PUBLIC or a membership
+
+
+def effective(app_db: AppDb, role: str, function: str, obj: str, privilege: str) -> bool:
+    """``has_<function>_privilege(role, obj, privilege)`` on the server."""
+    ((held,),) = app_db.query(
+        f"SELECT has_{function}_privilege(%s, %s, %s)", (role, obj, privilege)
+    )
+    return bool(held)
+
+
+@pytest.mark.parametrize("on_rds", [False, True], ids=["postgres", "rds"])
+def test_the_master_users_grants_to_shared_roles_are_revoked(
+    request: pytest.FixtureRequest,
+    run: Run,
+    app_db: AppDb,
+    app_role: AppRole,
+    report_role: AppRole,
+    on_rds: bool,
+) -> None:
+    """The review's case: default privileges give every new table to PUBLIC (and
+    pg_monitor, rds_iam); the migration, which owns the tables, takes its own grants back
+    on every deploy, so the report role reads no data and the application role gets no
+    TRUNCATE, and the deploy succeeds."""
+    shared = ["PUBLIC", "pg_monitor"]
+    if on_rds:
+        request.getfixturevalue("rds_iam")
+        shared.append("rds_iam")
+    default = f'ALTER DEFAULT PRIVILEGES FOR ROLE "{app_db.role}"'
+    for to in shared:
+        app_db.query(
+            f"{default} GRANT SELECT, TRUNCATE ON TABLES TO {to};"
+            f" {default} GRANT ALL ON SEQUENCES TO {to}"
+        )
+    try:
+        check_shared_grants_revoked(run, app_db, app_role, report_role, shared)
+    finally:  # rds_iam is dropped afterwards
+        for to in shared:
+            app_db.query(
+                f"{default} REVOKE ALL ON TABLES FROM {to};"
+                f" {default} REVOKE ALL ON SEQUENCES FROM {to}"
+            )
+
+
+def check_shared_grants_revoked(
+    run: Run, app_db: AppDb, app_role: AppRole, report_role: AppRole, shared: list[str]
+) -> None:
+    assert run("schema-create.json")["Status"] == "SUCCESS"
+    app_db.query(f"GRANT SELECT, TRUNCATE ON items TO {', '.join(shared)}")  # a later grant
+    answer = run("schema-update.json")
+    assert answer["Status"] == "SUCCESS", answer
+    app, report = app_role.name, report_role.name
+    for table in ("items", "lambda_db_idempotency"):
+        assert not effective(app_db, report, "table", table, "SELECT")
+        for privilege in ("TRUNCATE", "SELECT WITH GRANT OPTION"):
+            assert not effective(app_db, app, "table", table, privilege)
+        for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):  # what the API needs
+            assert effective(app_db, app, "table", table, privilege)
+    for role in (app, report):
+        assert not effective(app_db, role, "sequence", "items_id_seq", "UPDATE")
+
+
+def by_grantor(grant: str, to: str) -> list[str]:
+    """``grant`` ("TRUNCATE ON items") to ``to``, as another role than the owner."""
+    return [
+        f'GRANT {grant} TO "{{grantor}}" WITH GRANT OPTION',
+        f'SET ROLE "{{grantor}}"; GRANT {grant} TO {to}',
+    ]
+
+
+#: A privilege that reaches a role through PUBLIC or a role it is a member of, from a grant
+#: the migration does not take away: whether the first deploy ran before (else the
+#: refusal must roll the first one back), whether rds_iam exists, the statements (run as
+#: the superuser; ``SET ROLE "{grantor}"`` grants as another role than the tables' owner),
+#: and what the reason must say. ``{app}``, ``{report}``: the roles; ``{db}``: the database.
+
+THROUGH = [
+    pytest.param(True, False,
+                 by_grantor("TRUNCATE ON items", "PUBLIC"),
+                 ["role '{app}' has TRUNCATE on table items through PUBLIC",
+                  "role '{report}' has TRUNCATE on table items through PUBLIC"],
+                 id="table-truncate-public"),
+    pytest.param(True, False,
+                 by_grantor("SELECT ON items", "pg_monitor"),
+                 ["role '{report}' has SELECT on table items through membership in pg_monitor"],
+                 id="table-select-pg-monitor"),
+    pytest.param(True, True,
+                 by_grantor("DELETE ON items", "rds_iam"),
+                 ["role '{report}' has DELETE on table items through membership in rds_iam"],
+                 id="table-delete-rds-iam"),
+    pytest.param(True, False,
+                 by_grantor("REFERENCES (id) ON items", "PUBLIC"),
+                 ["role '{app}' has REFERENCES on column id of table items through PUBLIC"],
+                 id="column-references-public"),
+    pytest.param(True, False,
+                 by_grantor("UPDATE ON SEQUENCE items_id_seq", "PUBLIC"),
+                 ["role '{app}' has UPDATE on sequence items_id_seq through PUBLIC"],
+                 id="sequence-update-public"),
+    pytest.param(True, False,
+                 by_grantor('TEMPORARY ON DATABASE "{db}"', "PUBLIC"),
+                 ["role '{app}' has TEMPORARY on database {db} through PUBLIC",
+                  "role '{report}' has TEMPORARY on database {db} through PUBLIC"],
+                 id="database-temporary-public"),
+    pytest.param(False, False, ['GRANT CREATE ON DATABASE "{db}" TO PUBLIC'],
+                 ["role '{app}' has CREATE on database {db} through PUBLIC"],
+                 id="database-create-public-first-deploy"),
+    pytest.param(False, False, ["GRANT CREATE ON SCHEMA public TO PUBLIC"],
+                 ["role '{app}' has CREATE on schema public through PUBLIC",
+                  "role '{report}' has CREATE on schema public through PUBLIC"],
+                 id="schema-create-public-first-deploy"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("deployed_first", "on_rds", "statements", "named"), THROUGH)
+def test_a_privilege_through_public_or_a_membership_fails_the_deploy(
+    request: pytest.FixtureRequest,
+    run: Run,
+    app_db: AppDb,
+    app_role: AppRole,
+    report_role: AppRole,
+    cloudformation: CloudFormation,
+    deployed_first: bool,
+    on_rds: bool,
+    statements: list[str],
+    named: list[str],
+) -> None:
+    if on_rds:
+        request.getfixturevalue("rds_iam")  # before grantor: dropped after its grants
+    grantor = request.getfixturevalue("grantor")
+    names = {"app": app_role.name, "report": report_role.name, "db": app_db.name}
+    if deployed_first:
+        assert run("schema-create.json")["Status"] == "SUCCESS"
+    for statement in statements:
+        app_db.query(statement.format(grantor=grantor, **names))
+    before = grants_of(app_db, app_role, report_role)
+    answer = run("schema-update.json")
+    assert answer["Status"] == "FAILED", answer
+    assert cloudformation.last()["Status"] == "FAILED"
+    reason = answer["Reason"]
+    assert "PermissionError" in reason and "REVOKE" in reason, reason
+    for words in named:
+        assert words.format(**names) in reason, reason
+    assert grants_of(app_db, app_role, report_role) == before  # all rolled back
+    if not deployed_first:
+        assert app_db.query("SELECT to_regclass('items') IS NULL") == [(True,)]
