@@ -36,8 +36,25 @@ two roles the other functions log in as.
   when the role has an attribute beyond ``LOGIN`` (superuser, ``CREATEROLE``,
   ``CREATEDB``, ``BYPASSRLS``, replication), is a member of any role it is not given
   here (it would inherit that role's privileges: ``GRANT app_admin TO app_user`` would
-  let the API drop the table), owns any object, or holds a privilege on any object
-  other than those granted here.
+  let the API drop the table), owns any object, holds a privilege on any object other
+  than those granted on here, or holds on those (this database, ``public``, the tables
+  and their columns) a privilege of another kind than granted here or any privilege
+  ``WITH GRANT OPTION``: ``CREATE`` or ``TEMPORARY`` on the database, ``CREATE`` on
+  ``public``, the report role's anything but ``CONNECT``. The check reads the role's own
+  access list entries (not ``PUBLIC``'s) before the migration grants anything, so a
+  role the migration made passes it on every later deploy. It refuses too what the
+  migration's own ``REVOKE ALL`` on the tables would take away (``TRUNCATE``, say):
+  that ``REVOKE`` removes the master user's grants only, never another grantor's. On
+  PostgreSQL 16+ the master user (``CREATEROLE``) may alter only the roles it has the
+  ``ADMIN OPTION`` on: a role someone else created fails the migration, saying so.
+
+  What reaches the roles otherwise is checked after every grant, in the same
+  transaction: the migration first takes its own grants on the tables and their
+  sequences away from ``PUBLIC``, ``pg_monitor`` and ``rds_iam`` (default privileges would
+  give them new tables), then asks the server (``has_*_privilege``) what each role can do
+  on this database, ``public``, the tables, their columns and sequences, and fails when it
+  is more than the grants above (``USAGE`` on ``public``, which ``PUBLIC`` has by default,
+  allowed to both), naming the privilege and whether ``PUBLIC`` or a membership gives it.
 * ``Delete`` succeeds without touching the database: the data and the roles outlive the
   stack (the instance's final snapshot keeps them), and the database may already be
   unreachable.
@@ -112,14 +129,14 @@ CREATE TABLE IF NOT EXISTS items (
 # What an existing role is beyond what the migration makes it: its attributes beyond
 # LOGIN, the roles it is a member of, how many objects it owns (pg_shdepend's "o" entries
 # cover every database and the shared objects), and the objects it holds a privilege on
-# ("a" entries) other than the ones the migration grants it: this database, and the
-# schemas and tables named.
+# ("a" entries) other than the ones the migration grants on: this database, schema
+# public and the tables named (_SURPLUS checks those).
 _ROLE = """
 WITH db AS (SELECT oid FROM pg_database WHERE datname = current_database()),
-allowed (classid, objid) AS (
+granted_on (classid, objid) AS (
     SELECT 'pg_database'::regclass::oid, oid FROM db
     UNION ALL
-    SELECT 'pg_namespace'::regclass::oid, oid FROM pg_namespace WHERE nspname = ANY(%(schemas)s)
+    SELECT 'pg_namespace'::regclass::oid, oid FROM pg_namespace WHERE nspname = 'public'
     UNION ALL
     SELECT 'pg_class'::regclass::oid, oid FROM pg_class
      WHERE oid = ANY(ARRAY(SELECT to_regclass(t)::oid FROM unnest(%(tables)s::text[]) AS t))
@@ -137,11 +154,124 @@ SELECT r.rolsuper OR r.rolcreaterole OR r.rolcreatedb OR r.rolbypassrls OR r.rol
               WHERE d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid
                 AND d.deptype = 'a'
                 AND NOT (d.dbid IN (0, (SELECT oid FROM db))
-                         AND (d.classid, d.objid) IN (SELECT classid, objid FROM allowed))
+                         AND (d.classid, d.objid) IN (SELECT classid, objid FROM granted_on))
               ORDER BY 1)
   FROM pg_roles r
  WHERE r.rolname = %(role)s
 """
+# The role's own entries in the access lists of the objects the migration grants on
+# (this database, schema public, the tables named and their columns), before it grants
+# anything: each privilege of a kind the role may not hold there, or held WITH GRANT
+# OPTION, as (object, privilege, grantor). PUBLIC's entries are not the role's.
+_SURPLUS = """
+WITH grantee AS (SELECT oid FROM pg_roles WHERE rolname = %(role)s),
+tables AS (SELECT to_regclass(t)::oid AS oid FROM unnest(%(tables)s::text[]) AS t),
+held (rank, classid, objid, objsubid, allowed, acl) AS (
+    SELECT 1, 'pg_database'::regclass::oid, oid, 0, %(on_database)s::text[], datacl
+      FROM pg_database WHERE datname = current_database()
+    UNION ALL
+    SELECT 2, 'pg_namespace'::regclass::oid, oid, 0, %(on_schema)s::text[], nspacl
+      FROM pg_namespace WHERE nspname = 'public'
+    UNION ALL
+    SELECT 3, 'pg_class'::regclass::oid, oid, 0, %(on_tables)s::text[], relacl
+      FROM pg_class WHERE oid IN (SELECT oid FROM tables)
+    UNION ALL
+    SELECT 4, 'pg_class'::regclass::oid, attrelid, attnum, %(on_tables)s::text[], attacl
+      FROM pg_attribute
+     WHERE attrelid IN (SELECT oid FROM tables) AND attnum > 0 AND NOT attisdropped
+)
+SELECT described, privilege, grantor FROM (
+    SELECT DISTINCT h.rank, pg_describe_object(h.classid, h.objid, h.objsubid) AS described,
+           a.privilege_type || CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END
+               AS privilege,
+           pg_get_userbyid(a.grantor)::text AS grantor
+      FROM held h CROSS JOIN LATERAL aclexplode(h.acl) AS a
+     WHERE a.grantee = (SELECT oid FROM grantee)
+       AND (a.is_grantable OR NOT a.privilege_type = ANY(h.allowed))
+) AS surplus
+ ORDER BY rank, described, privilege, grantor
+"""
+# What a role can do, after every grant, on the objects the migration grants on and the
+# tables' own sequences (items' identity): each privilege of %(checked)s, per kind of object
+# ("database", "schema", "table", "column", "sequence"), that has_*_privilege says the role
+# has (so through PUBLIC, a membership or its own entries alike) and may not, as (object,
+# privilege, NULL when PUBLIC's entries give it, else the roles it is a member of that have
+# it). The privilege names differ by kind and server version, hence the list from the
+# caller.
+_EFFECTIVE = """
+WITH grantee AS (SELECT oid FROM pg_roles WHERE rolname = %(role)s),
+tables AS (SELECT to_regclass(t)::oid AS oid FROM unnest(%(tables)s::text[]) AS t),
+objects (rank, kind, classid, objid, objsubid, acl) AS (
+    SELECT 1, 'database', 'pg_database'::regclass::oid, oid, 0,
+           coalesce(datacl, acldefault('d', datdba))
+      FROM pg_database WHERE datname = current_database()
+    UNION ALL
+    SELECT 2, 'schema', 'pg_namespace'::regclass::oid, oid, 0,
+           coalesce(nspacl, acldefault('n', nspowner))
+      FROM pg_namespace WHERE nspname = 'public'
+    UNION ALL
+    SELECT 3, 'table', 'pg_class'::regclass::oid, oid, 0,
+           coalesce(relacl, acldefault('r', relowner))
+      FROM pg_class WHERE oid IN (SELECT oid FROM tables)
+    UNION ALL
+    SELECT 4, 'column', 'pg_class'::regclass::oid, a.attrelid, a.attnum,
+           coalesce(a.attacl, '{}') || coalesce(c.relacl, acldefault('r', c.relowner))
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+     WHERE a.attrelid IN (SELECT oid FROM tables) AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT 5, 'sequence', 'pg_class'::regclass::oid, s.oid, 0,
+           coalesce(s.relacl, acldefault('s', s.relowner))
+      FROM pg_depend d JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+     WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid IN (SELECT oid FROM tables) AND d.deptype IN ('a', 'i')
+),
+checks AS (
+    SELECT o.*, p.privilege
+      FROM objects o
+      JOIN jsonb_each(%(checked)s::jsonb) AS k (kind, privileges) ON k.kind = o.kind
+     CROSS JOIN LATERAL jsonb_array_elements_text(k.privileges) AS p (privilege)
+),
+members_of AS (
+    SELECT r.oid, r.rolname::text AS rolname FROM pg_roles r, grantee g
+     WHERE r.oid <> g.oid AND pg_has_role(g.oid, r.oid, 'USAGE')
+)
+SELECT pg_describe_object(c.classid, c.objid, c.objsubid), c.privilege,
+       CASE WHEN EXISTS (
+                SELECT FROM aclexplode(c.acl) AS a
+                 WHERE a.grantee = 0 AND a.privilege_type = split_part(c.privilege, ' ', 1)
+                   AND (a.is_grantable OR c.privilege NOT LIKE '%% WITH GRANT OPTION'))
+            THEN NULL
+            ELSE ARRAY(
+                SELECT m.rolname FROM members_of m
+                 WHERE CASE c.kind
+                       WHEN 'database' THEN has_database_privilege(m.oid, c.objid, c.privilege)
+                       WHEN 'schema' THEN has_schema_privilege(m.oid, c.objid, c.privilege)
+                       WHEN 'table' THEN has_table_privilege(m.oid, c.objid, c.privilege)
+                       WHEN 'column' THEN has_column_privilege(m.oid, c.objid,
+                                                               c.objsubid::int2, c.privilege)
+                       ELSE has_sequence_privilege(m.oid, c.objid, c.privilege) END
+                 ORDER BY 1)
+       END
+  FROM checks c, grantee g
+ WHERE CASE c.kind
+       WHEN 'database' THEN has_database_privilege(g.oid, c.objid, c.privilege)
+       WHEN 'schema' THEN has_schema_privilege(g.oid, c.objid, c.privilege)
+       WHEN 'table' THEN has_table_privilege(g.oid, c.objid, c.privilege)
+       WHEN 'column' THEN has_column_privilege(g.oid, c.objid, c.objsubid::int2, c.privilege)
+       ELSE has_sequence_privilege(g.oid, c.objid, c.privilege) END
+ ORDER BY c.rank, 1, 2
+"""
+#: Every privilege each kind of object has (MAINTAIN on tables from PostgreSQL 17).
+_PRIVILEGES = {
+    "database": ("CREATE", "CONNECT", "TEMPORARY"),
+    "schema": ("CREATE", "USAGE"),
+    "table": ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"),
+    "column": ("SELECT", "INSERT", "UPDATE", "REFERENCES"),
+    "sequence": ("USAGE", "SELECT", "UPDATE"),
+}
+_MAINTAIN_SINCE = 170000
+#: How many surplus privileges a refusal names (the reason CloudFormation shows is short).
+MAX_NAMED = 8
 
 
 class PropertyError(ValueError):
@@ -195,15 +325,48 @@ class Roles:
 
 @dataclass(frozen=True)
 class _Grants:
-    """What the migration gives one role: memberships, and objects it may hold privileges on."""
+    """What the migration gives one role: memberships, and the privileges it may hold on
+    this database, on schema public and on the tables (and their columns), none of them
+    WITH GRANT OPTION."""
 
     member_of: tuple[str, ...]
-    schemas: tuple[str, ...] = ()
-    tables: tuple[str, ...] = ()
+    on_database: tuple[str, ...] = ("CONNECT",)
+    on_schema: tuple[str, ...] = ()
+    on_tables: tuple[str, ...] = ()
+
+    def effective(self, server_version: int) -> dict[str, list[str]]:
+        """The privileges, by kind of object, the role may not end up with by any means
+        (its own entries, ``PUBLIC``'s, a membership's): every other kind than granted,
+        and every one ``WITH GRANT OPTION``. ``USAGE`` on ``public`` is allowed to both
+        roles: ``PUBLIC`` has it by default, and it lets a role look up names only (each
+        object has its own privileges, checked here for the tables).
+
+        >>> _REPORT_GRANTS.effective(160000)["database"]
+        ['CREATE', 'TEMPORARY', 'CREATE WITH GRANT OPTION', 'CONNECT WITH GRANT OPTION', \
+'TEMPORARY WITH GRANT OPTION']
+        >>> _APP_GRANTS.effective(170000)["table"][:3]
+        ['TRUNCATE', 'REFERENCES', 'TRIGGER']
+        """
+        allowed = {
+            "database": self.on_database,
+            "schema": (*self.on_schema, "USAGE"),
+            "table": self.on_tables,
+            "column": self.on_tables,
+            "sequence": (),
+        }
+        checked = {}
+        for kind, privileges in _PRIVILEGES.items():
+            every = privileges
+            if kind == "table" and server_version >= _MAINTAIN_SINCE:
+                every = (*privileges, "MAINTAIN")
+            checked[kind] = [p for p in every if p not in allowed[kind]] + [
+                f"{p} WITH GRANT OPTION" for p in every
+            ]
+        return checked
 
 
 #: The application role: DML on the tables, through schema public.
-_APP_GRANTS = _Grants(member_of=(RDS_IAM_ROLE,), schemas=("public",), tables=TABLES)
+_APP_GRANTS = _Grants(member_of=(RDS_IAM_ROLE,), on_schema=("USAGE",), on_tables=TABLE_PRIVILEGES)
 #: The report role: statistics and settings, no table.
 _REPORT_GRANTS = _Grants(member_of=(RDS_IAM_ROLE, MONITOR_ROLE))
 
@@ -288,6 +451,8 @@ def migrate(event: dict[str, Any], context: LambdaContext) -> Roles:
             _grant_login(cur, name, on_rds=on_rds, password=bool(password), variable=variable)
         _grant_tables(cur, roles.app)
         _grant_monitoring(cur, roles.report)
+        _revoke_shared(cur, on_rds=on_rds)
+        _refuse_effective(cur, ((roles.app, _APP_GRANTS), (roles.report, _REPORT_GRANTS)))
     return roles
 
 
@@ -295,16 +460,35 @@ def _ensure_role(
     cur: psycopg2.extensions.cursor, name: str, grants: _Grants, defaults: dict[str, int]
 ) -> None:
     """Create ``name`` (LOGIN only), or check that the existing role is no more than the
-    migration makes it; then set its role defaults."""
-    cur.execute(
-        _ROLE, {"role": name, "schemas": list(grants.schemas), "tables": list(grants.tables)}
-    )
+    migration makes it (before the migration grants it anything); then set its role
+    defaults."""
+    cur.execute(_ROLE, {"role": name, "tables": list(TABLES)})
     row = cur.fetchone()
     if row is None:
         cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
     else:
-        _refuse_more_than_granted(name, grants, *row)
-    cur.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(name)))
+        cur.execute(
+            _SURPLUS,
+            {
+                "role": name,
+                "tables": list(TABLES),
+                "on_database": list(grants.on_database),
+                "on_schema": list(grants.on_schema),
+                "on_tables": list(grants.on_tables),
+            },
+        )
+        _refuse_more_than_granted(name, grants, *row, surplus=cur.fetchall())
+    try:
+        cur.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(name)))
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        # PostgreSQL 16+: a CREATEROLE role alters only the roles it has ADMIN OPTION on
+        # (those it created, or was granted so).
+        raise PermissionError(
+            f"role {name!r} was created by another role, and the master user may not alter "
+            f"it: on PostgreSQL 16+ that needs the ADMIN OPTION on it (GRANT {name} TO "
+            f"{cur.connection.info.user} WITH ADMIN OPTION, by its creator or a superuser), "
+            "or choose another name"
+        ) from exc
     for setting, milliseconds in defaults.items():
         cur.execute(
             sql.SQL("ALTER ROLE {} SET {} = %s").format(
@@ -321,9 +505,27 @@ def _refuse_more_than_granted(
     member_of: list[str],
     owned: int,
     privileges: list[str],
+    *,
+    surplus: list[tuple[str, str, str]],
 ) -> None:
     """:class:`PermissionError` naming what the existing role ``name`` has beyond the
-    migration's grants; the whole migration then rolls back."""
+    migration's grants; the whole migration then rolls back.
+
+    ``surplus`` is what it holds beyond them on the objects the migration grants on, as
+    (object, privilege, grantor); a privilege two roles granted is named once:
+
+    >>> _refuse_more_than_granted("app_user", _APP_GRANTS, False, [], 0, [], surplus=[
+    ...     ("database app", "CREATE", "app_admin"),
+    ...     ("database app", "TEMPORARY", "app_admin"),
+    ...     ("table items", "TRUNCATE", "app_admin"), ("table items", "TRUNCATE", "ops")])
+    Traceback (most recent call last):
+    ...
+    PermissionError: role 'app_user' already exists with more than LOGIN and this \
+migration's grants: CREATE (granted by app_admin), TEMPORARY (granted by app_admin) on \
+database app; TRUNCATE (granted by app_admin, ops) on table items (REVOKE each FROM \
+app_user as the role that granted it; REVOKE GRANT OPTION FOR an allowed one keeps the \
+privilege). No function will log in as it: choose another name, or take those away
+    """
     found = []
     if attributes:
         found.append(
@@ -337,6 +539,20 @@ def _refuse_more_than_granted(
         )
     if owned:
         found.append(f"{owned} object(s) it owns (REASSIGN OWNED BY {name} TO ...)")
+    if surplus:
+        by_object: dict[str, dict[str, list[str]]] = {}
+        for described, privilege, grantor in surplus:
+            by_object.setdefault(described, {}).setdefault(privilege, []).append(grantor)
+        named = [
+            ", ".join(f"{privilege} (granted by {', '.join(by)})" for privilege, by in held.items())
+            + f" on {described}"
+            for described, held in by_object.items()
+        ]
+        shown = "; ".join(named[:MAX_NAMED]) + ("; ..." if len(named) > MAX_NAMED else "")
+        found.append(
+            f"{shown} (REVOKE each FROM {name} as the role that granted it; "
+            "REVOKE GRANT OPTION FOR an allowed one keeps the privilege)"
+        )
     if privileges:
         shown = ", ".join(privileges[:5]) + (", ..." if len(privileges) > 5 else "")
         found.append(f"privileges on {shown}")
@@ -408,6 +624,67 @@ def _grant_monitoring(cur: psycopg2.extensions.cursor, name: str) -> None:
             "rds_superuser membership allows it; elsewhere, a superuser must GRANT "
             f"{MONITOR_ROLE} TO it WITH ADMIN OPTION"
         ) from exc
+
+
+def _revoke_shared(cur: psycopg2.extensions.cursor, *, on_rds: bool) -> None:
+    """Take the master user's grants on the tables and their sequences away from the
+    roles the functions' roles share (``PUBLIC``, ``pg_monitor``, ``rds_iam``): default
+    privileges (``ALTER DEFAULT PRIVILEGES ... TO PUBLIC``) would otherwise reach them.
+    Another grantor's are left, and :func:`_refuse_effective` refuses them."""
+    shared = [sql.SQL("PUBLIC"), sql.Identifier(MONITOR_ROLE)]
+    if on_rds:
+        shared.append(sql.Identifier(RDS_IAM_ROLE))
+    cur.execute(
+        "SELECT n.nspname::text, s.relname::text FROM pg_depend d"
+        "  JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'"
+        "  JOIN pg_namespace n ON n.oid = s.relnamespace"
+        " WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass"
+        "   AND d.deptype IN ('a', 'i')"
+        "   AND d.refobjid = ANY(ARRAY(SELECT to_regclass(t)::oid FROM unnest(%s::text[]) t))"
+        " ORDER BY 1, 2",
+        (list(TABLES),),
+    )
+    objects = [(sql.SQL("TABLE"), sql.Identifier(table)) for table in TABLES]
+    objects += [(sql.SQL("SEQUENCE"), sql.Identifier(*name)) for name in cur.fetchall()]
+    for kind, name in objects:
+        cur.execute(
+            sql.SQL("REVOKE ALL ON {} {} FROM {}").format(kind, name, sql.SQL(", ").join(shared))
+        )
+
+
+def _refuse_effective(
+    cur: psycopg2.extensions.cursor, roles: tuple[tuple[str, _Grants], ...]
+) -> None:
+    """After every grant: :class:`PermissionError` (the migration rolls back) naming each
+    privilege a role has on this database, ``public``, the tables, their columns or
+    sequences beyond the migration's grants, and where it comes from (``PUBLIC``'s
+    entries, or the roles it is a member of that have it)."""
+    version = cur.connection.server_version
+    found = []
+    for name, grants in roles:
+        cur.execute(
+            _EFFECTIVE,
+            {
+                "role": name,
+                "tables": list(TABLES),
+                "checked": json.dumps(grants.effective(version)),
+            },
+        )
+        for described, privilege, through in cur.fetchall():
+            if through is None:
+                source = "PUBLIC"
+            elif through:
+                source = f"membership in {', '.join(through)}"
+            else:
+                source = "its own grants"
+            found.append(f"role {name!r} has {privilege} on {described} through {source}")
+    if found:
+        shown = "; ".join(found[:MAX_NAMED]) + ("; ..." if len(found) > MAX_NAMED else "")
+        raise PermissionError(
+            f"beyond this migration's grants, from grants it does not take away: {shown}. "
+            "REVOKE each from PUBLIC or that role, as the role that granted it (the "
+            "object's access list shows who); nothing was changed"
+        )
 
 
 def _answer(

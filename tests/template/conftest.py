@@ -152,6 +152,17 @@ def master(app_db: AppDb) -> AppDb:
 
 
 @pytest.fixture
+def rds_iam(app_db: AppDb) -> Iterator[None]:
+    """RDS's rds_iam role, which the database owner (the master user there) may grant."""
+    app_db.pg.execute("CREATE ROLE rds_iam NOLOGIN")
+    app_db.pg.execute(f'GRANT rds_iam TO "{app_db.role}" WITH ADMIN OPTION')
+    try:
+        yield
+    finally:
+        app_db.pg.execute("DROP ROLE rds_iam")
+
+
+@pytest.fixture
 def app_role(master: AppDb) -> Iterator[AppRole]:
     """An application role name of this test's own (roles are server-wide), dropped
     afterwards."""

@@ -160,17 +160,6 @@ def test_the_functions_work_as_their_roles(
     assert count == (1,)
 
 
-@pytest.fixture
-def rds_iam(app_db: AppDb) -> Iterator[None]:
-    """RDS's rds_iam role, which the database owner (the master user there) may grant."""
-    app_db.pg.execute("CREATE ROLE rds_iam NOLOGIN")
-    app_db.pg.execute(f'GRANT rds_iam TO "{app_db.role}" WITH ADMIN OPTION')
-    try:
-        yield
-    finally:
-        app_db.pg.execute("DROP ROLE rds_iam")
-
-
 def test_both_roles_log_in_with_iam_where_rds_iam_exists(
     rds_iam: None, run: Run, app_db: AppDb, app_role: AppRole, report_role: AppRole
 ) -> None:
