@@ -548,20 +548,28 @@ privilege). No function will log in as it: choose another name, or take those aw
             + f" on {described}"
             for described, held in by_object.items()
         ]
-        shown = "; ".join(named[:MAX_NAMED]) + ("; ..." if len(named) > MAX_NAMED else "")
         found.append(
-            f"{shown} (REVOKE each FROM {name} as the role that granted it; "
-            "REVOKE GRANT OPTION FOR an allowed one keeps the privilege)"
+            f"{_listed(named, '; ', MAX_NAMED)} (REVOKE each FROM {name} as the role that "
+            "granted it; REVOKE GRANT OPTION FOR an allowed one keeps the privilege)"
         )
     if privileges:
-        shown = ", ".join(privileges[:5]) + (", ..." if len(privileges) > 5 else "")
-        found.append(f"privileges on {shown}")
+        found.append(f"privileges on {_listed(privileges, ', ', 5)}")
     if found:
         raise PermissionError(
             f"role {name!r} already exists with more than LOGIN and this migration's grants: "
             f"{'; '.join(found)}. No function will log in as it: choose another name, or "
             "take those away"
         )
+
+
+def _listed(items: list[str], separator: str, limit: int) -> str:
+    """The first ``limit`` of ``items`` joined, and ``...`` when there are more.
+
+    >>> _listed(["a", "b", "c"], ", ", 2)
+    'a, b, ...'
+    """
+    more = ["..."] if len(items) > limit else []
+    return separator.join(items[:limit] + more)
 
 
 def _grant_login(
@@ -679,9 +687,9 @@ def _refuse_effective(
                 source = "its own grants"
             found.append(f"role {name!r} has {privilege} on {described} through {source}")
     if found:
-        shown = "; ".join(found[:MAX_NAMED]) + ("; ..." if len(found) > MAX_NAMED else "")
         raise PermissionError(
-            f"beyond this migration's grants, from grants it does not take away: {shown}. "
+            "beyond this migration's grants, from grants it does not take away: "
+            f"{_listed(found, '; ', MAX_NAMED)}. "
             "REVOKE each from PUBLIC or that role, as the role that granted it (the "
             "object's access list shows who); nothing was changed"
         )
