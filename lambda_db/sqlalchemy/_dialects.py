@@ -268,9 +268,7 @@ def _ended(how: Joined, *, commit: bool) -> None:
         return
     if stack[-1] is how:
         if commit:
-            stack.pop()
-            if stack:  # its work now lies in the range of the one it was opened under
-                stack[-1].others += 1
+            _fold(stack, len(stack) - 1)
             return
         if not how.others:
             stack.pop()
@@ -286,13 +284,24 @@ def _ended(how: Joined, *, commit: bool) -> None:
         del stack[index]
         return  # the invocation's transaction: its commit sends nothing, loses nothing
     name, above = _name(how), stack[index + 1 :]
-    names = ", ".join(_name(entry) for entry in above)
+    error = _open_above(f"{name} {_OUT_OF_ORDER[commit]}", above)
     del stack[index]
-    if commit:
-        what = "committed; releasing its savepoint would have ended theirs too"
-    else:
-        what = "rolled back; that would have undone their work too"
-    raise scope.doom(_open_above(f"{name} {what}", len(above), names))
+    raise scope.doom(error)
+
+
+#: How ending a transaction with others open above it would have lost their work.
+_OUT_OF_ORDER = {
+    True: "committed; releasing its savepoint would have ended theirs too",
+    False: "rolled back; that would have undone their work too",
+}
+
+
+def _fold(stack: list[Joined], index: int) -> None:
+    """Take the transaction at ``index`` off ``stack`` as it ends keeping its work: that
+    work now lies in the range of the one beneath (:attr:`Joined.others`)."""
+    del stack[index]
+    if index:
+        stack[index - 1].others += 1
 
 
 def _holds_others(what: str) -> TransactionOrderError:
@@ -304,9 +313,10 @@ def _holds_others(what: str) -> TransactionOrderError:
     )
 
 
-def _open_above(what: str, count: int, names: str) -> TransactionOrderError:
+def _open_above(what: str, above: list[Joined]) -> TransactionOrderError:
+    names = ", ".join(_name(entry) for entry in above)
     return TransactionOrderError(
-        f"{what}: {count} joined transaction(s) begun after it in this invocation were "
+        f"{what}: {len(above)} joined transaction(s) begun after it in this invocation were "
         f"still open ({names}). {_FIX}"
     )
 
@@ -337,9 +347,7 @@ def _nested_ends(how: Joined, name: str, *, rollback: bool) -> None:
     if stack and stack[-1] is not how and how in stack:
         above = stack[stack.index(how) + 1 :]
         undone = "undone their work" if rollback else "ended their savepoints"
-        names = ", ".join(_name(entry) for entry in above)
-        error = _open_above(f"{what}; that would have {undone} too", len(above), names)
-        raise how.scope.doom(error)
+        raise how.scope.doom(_open_above(f"{what}; that would have {undone} too", above))
     if rollback and mark is not None and how.others != mark:
         raise how.scope.doom(_holds_others(what))
 
@@ -365,8 +373,7 @@ def end_left_open(scope: Invocation, conn: Any) -> None:
                     f"{_name(how)} was left open (neither committed nor closed) when the "
                     f"handler returned; rolling it back, as a close would have, would "
                     f"have undone the work of the one begun after it",
-                    1,
-                    _name(kept),
+                    [kept],
                 )
             )
         if how.others:
@@ -394,10 +401,7 @@ def _released(dbapi_connection: Any) -> None:
     dbapi_connection._lambda_db_joined = None
     stack = how.scope.joined
     if stack and how in stack:
-        index = stack.index(how)
-        del stack[index]
-        if index:
-            stack[index - 1].others += 1
+        _fold(stack, stack.index(how))
 
 
 def _executing(context: Any) -> None:
