@@ -4,18 +4,11 @@
 at the scope's start: no connection, no statement. The handler's first
 ``get_connection()`` *checks out* the environment's connection (health checks, a reconnect
 if needed, inside the connect budget), sets the transaction's characteristics locally and
-arms the watchdog at the invocation's cutoff. When the block ends:
-
-* the handler returned: ``COMMIT`` (psycopg2 sent ``BEGIN`` before the first statement):
-  what the naive module-level connection sends, and nothing more;
-* the handler raised: ``ROLLBACK``, and the exception propagates unchanged;
-* the invocation was doomed (:meth:`Invocation.doom`: SQLAlchemy transactions ended out of
-  order) and the handler caught the error and returned: ``ROLLBACK``, and the error again;
-* the connection was lost under the handler: :class:`ConnectionLostError` (nothing is
-  replayed); the watchdog cut it at the deadline: :class:`DeadlineExceededError`;
-* the deadline has passed: no ``COMMIT`` is sent; the connection is dropped (the server
-  rolls back) and :class:`DeadlineExceededError` says nothing was committed;
-* the handler never used the database: nothing at all.
+arms the watchdog at the invocation's cutoff. When the block ends, :mod:`lambda_db._ending`
+commits (psycopg2 sent ``BEGIN`` before the first statement: what the naive module-level
+connection sends, and nothing more), rolls back, or raises the typed error that says what
+happened (a lost connection, the deadline); a handler that never used the database sends
+nothing at all.
 
 Example::
 
@@ -26,31 +19,24 @@ Example::
 
 from __future__ import annotations
 
-import logging
 import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from lambda_db._classify import brief, disconnected, driver_error
+from lambda_db._checks import acquire, healthy
 from lambda_db._deadline import Deadline, LambdaContext, remaining_seconds
-from lambda_db._driver import CLOSED, INERROR, Driver
+from lambda_db._driver import Driver
+from lambda_db._ending import end
 from lambda_db._options import check_options
 from lambda_db._socket import Transport
 from lambda_db._watchdog import WATCHDOG
 from lambda_db.config import DEFAULT_DEADLINE_MARGIN
-from lambda_db.errors import (
-    ConnectionLostError,
-    DatabaseUnavailableError,
-    DeadlineExceededError,
-    LambdaDbError,
-)
+from lambda_db.errors import DatabaseUnavailableError, LambdaDbError
 
 if TYPE_CHECKING:
     from lambda_db.database import Database
 
 __all__ = ["Invocation", "LambdaContext", "check_options"]
-
-logger = logging.getLogger(__name__)
 
 
 class Invocation:
@@ -193,7 +179,7 @@ class Invocation:
             conn = self.conn
         try:
             if conn is not None:
-                self._end(exc)
+                end(self, exc)
         finally:
             with db._lock:
                 db._scope = None
@@ -254,10 +240,10 @@ class Invocation:
                     )
             options = self._options
             conn = db._conn
-            if conn is not None and options is None and db.healthy(conn, now):
+            if conn is not None and options is None and healthy(db, conn, now):
                 db.stats.reuses += 1  # the warm path: nothing to check, nothing to set
             else:
-                conn = db.acquire(self.deadline, fresh=True)  # the full checks, or a new one
+                conn = acquire(db, self.deadline, fresh=True)  # the full checks, or a new one
                 self._prepared = self._prepare(conn)
             driver = self._driver = db._driver
             if cutoff is not None:
@@ -288,143 +274,6 @@ class Invocation:
             isolation_level=isolation_level,
             readonly=readonly,
             deferrable=deferrable,
-        )
-
-    # -- the end of the invocation ----------------------------------------------------------
-
-    def _was_cut(self) -> bool:
-        transport = self._transport
-        return transport is not None and transport.was_cut
-
-    def _end(self, exc: BaseException | None) -> None:
-        db, conn, driver, transport = self._db, self.conn, self._driver, self._transport
-        assert driver is not None  # set at checkout, with conn
-        try:
-            if transport is not None and transport.was_cut:
-                # A driver error after the cut (itself, or the cause of what a library such
-                # as SQLAlchemy raised): a statement was waiting for the server.
-                waiting = driver_error(exc, driver) is not None
-                raise self._cut(waiting=waiting) from exc
-            if exc is not None:
-                if driver.closed(conn) or disconnected(driver_error(exc, driver)):
-                    raise self._lost(exc, during="the invocation") from exc
-                self._rollback(conn)
-                return
-            cutoff = self._cutoff
-            if cutoff is not None and db._clock() >= cutoff:
-                raise self._cut(waiting=False)
-            doomed = self._doomed
-            if doomed is not None:  # the handler caught an error that forbids any commit
-                self._rollback(conn)
-                raise doomed
-            state = driver.state(conn)
-            if state == INERROR:
-                # The handler caught a database error and returned: nothing can commit.
-                logger.warning(
-                    "the handler returned with its transaction aborted by an earlier error; "
-                    "rolled back, nothing was committed"
-                )
-                self._rollback(conn)
-                return
-            if state == CLOSED:
-                raise self._lost(None, during="the invocation")
-            if self.joined:  # SQLAlchemy transactions still open, or with_session's session
-                self._end_joined(conn)
-            try:
-                conn.commit()  # DB-API: nothing is sent when no transaction is open
-            except Exception as error:
-                if self._was_cut():
-                    raise self._cut(waiting=True, during="COMMIT") from error
-                if driver.closed(conn) or disconnected(driver.error_info(error)):
-                    raise self._lost(error, during="COMMIT", outcome_unknown=True) from error
-                self._rollback(conn)
-                raise
-            db.stats.commits += 1
-        finally:
-            if transport is not None and WATCHDOG.disarm(transport) and db._conn is conn:
-                # Cut at the cutoff just after the last round trip completed.
-                db.discard("the deadline passed as the invocation ended")
-            elif self._prepared and db._conn is conn and not driver.closed(conn):
-                driver.prepare_default(conn)
-
-    def _end_joined(self, conn: Any) -> None:
-        """Roll back the joined SQLAlchemy transactions the handler left open, as closing
-        them would have; raise (having rolled back) when that would undo others' work."""
-        from lambda_db.sqlalchemy._dialects import end_left_open  # imported: it made them
-
-        try:
-            end_left_open(self, conn)
-        except Exception as error:
-            driver = self._driver
-            assert driver is not None
-            if self._was_cut():
-                raise self._cut(waiting=True, during="ROLLBACK TO SAVEPOINT") from error
-            if driver.closed(conn) or disconnected(driver.error_info(error)):
-                raise self._lost(error, during="ROLLBACK TO SAVEPOINT") from error
-            self._rollback(conn)
-            raise
-
-    def _rollback(self, conn: Any) -> None:
-        db = self._db
-        if not self.autocommit:
-            db.stats.rollbacks += 1
-        try:
-            conn.rollback()  # DB-API: nothing is sent when no transaction is open
-        except Exception as exc:  # noqa: BLE001 (whatever it was, the connection goes)
-            # A connection we cannot roll back must not be handed out again.
-            db.discard(f"rollback failed ({brief(exc)})")
-
-    def _lost(
-        self, exc: BaseException | None, *, during: str, outcome_unknown: bool = False
-    ) -> ConnectionLostError:
-        db = self._db
-        db.stats.connections_lost += 1
-        db.emit("ConnectionsLost")
-        db.discard(f"lost during {during}")
-        outcome = " (the outcome is unknown)" if outcome_unknown else ""
-        cause = f": {brief(exc)}" if exc is not None else ""
-        return ConnectionLostError(
-            f"the database connection was lost during {during}{outcome}{cause}; nothing was "
-            "replayed and the next invocation gets a fresh connection",
-            outcome_unknown=outcome_unknown,
-        )
-
-    def _cut(self, *, waiting: bool, during: str = "a statement") -> DeadlineExceededError:
-        """The error for an invocation still running at its cutoff.
-
-        ``waiting``: a statement (or ``during``) was waiting for the server when the
-        watchdog cut the connection; otherwise the handler itself was still busy (or
-        returned after the cutoff) and the connection was dropped with its transaction.
-        """
-        db = self._db
-        db.stats.deadlines_exceeded += 1
-        db.emit("DeadlinesExceeded")
-        if waiting:
-            db.stats.connections_lost += 1
-        db.discard(f"cut at the invocation's deadline ({during if waiting else 'not waiting'})")
-        deadline = self.deadline
-        budget = (self._cutoff or deadline.connect_by) - deadline.started
-        where = f"DB_DEADLINE_MARGIN/2 = {deadline.margin / 2:.2f} s before the function's timeout"
-        commit = during == "COMMIT"
-        if waiting:
-            what = (
-                f"the database had not answered {during} {budget:.2f} s into the invocation, "
-                f"at its deadline ({where}): lambda-db cut the connection; "
-            )
-        else:
-            what = (
-                f"the invocation was still running {budget:.2f} s in, at its deadline "
-                f"({where}), with the database idle: lambda-db dropped the connection; "
-            )
-        outcome = (
-            "the outcome of the COMMIT is unknown"
-            if commit
-            else "the invocation's open transaction was not committed"
-        )
-        return DeadlineExceededError(
-            f"{what}{outcome}; nothing is replayed and the next invocation gets a fresh connection",
-            outcome_unknown=commit,
-            deadline=budget,
         )
 
     def __repr__(self) -> str:

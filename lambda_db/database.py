@@ -1,20 +1,11 @@
-"""One health-checked connection per execution environment: *when* to check and replace it.
+"""One health-checked connection per execution environment, handed out per invocation.
 
-A Lambda execution environment runs one invocation at a time and keeps module state
-between them, so the right pool size is one. :class:`Database` holds that connection and
-checks it when an invocation first uses it, cheapest first:
-
-1. closed (the driver's verdict; local);
-2. transaction status: a transaction left open by an *earlier* invocation is rolled back,
-   with a WARNING; the current invocation's own transaction is handed back untouched;
-3. age past ``max_age`` (recycle; local);
-4. the socket: a zero-wait ``poll`` finds a backend the server killed while the
-   environment was frozen (it leaves EOF or an error message to read) with no round trip;
-5. ``SELECT 1`` (in autocommit: no transaction) only after ``idle_ping_after`` of idleness.
-
-A connection that fails a check is closed and replaced before anyone sees it. *How* each
-check is done is the driver's business (:mod:`lambda_db._driver`, :mod:`lambda_db._socket`);
-the invocation scope is :mod:`lambda_db._invocation`.
+:class:`Database` is what a function keeps at module level: the one cached connection (a
+Lambda execution environment runs one invocation at a time, so the right pool size is
+one), its settings, credentials and counters. An invocation scope
+(:mod:`lambda_db._invocation`, opened by ``@with_connection``) checks the connection out at
+the handler's first ``get_connection()``; :mod:`lambda_db._checks` decides when it is
+checked and replaced, :mod:`lambda_db._link` how.
 
 Example::
 
@@ -27,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -35,18 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 from lambda_db import _lifecycle, _powertools
 from lambda_db._backoff import Backoff
-from lambda_db._classify import disconnected
-from lambda_db._connect import connect_with_retry
+from lambda_db._boundary import FUNCTION_NAME, TRACE_ID, Boundary
+from lambda_db._checks import acquire
 from lambda_db._credentials import CredentialProvider, make_provider
 from lambda_db._deadline import Deadline
-from lambda_db._driver import ACTIVE, IDLE, INERROR, INTRANS, Driver, get_driver
+from lambda_db._driver import Driver, get_driver
 from lambda_db._invocation import Invocation, LambdaContext
+from lambda_db._link import close_link
 from lambda_db._socket import Transport
 from lambda_db._stats import MetricsSink, Stats
-from lambda_db._watchdog import WATCHDOG
 from lambda_db.config import Settings
 
-__all__ = ["Database", "LambdaContext", "Stats"]
+__all__ = ["FUNCTION_NAME", "TRACE_ID", "Database", "LambdaContext", "Stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +47,6 @@ if TYPE_CHECKING:
     Connection = psycopg2.extensions.connection
 else:
     Connection = Any
-
-#: Set by the Lambda runtime for each invocation (``Lambda-Runtime-Trace-Id``): outside a
-#: scope, a new value means a new invocation.
-TRACE_ID = "_X_AMZN_TRACE_ID"
-#: Set by the Lambda runtime in every function.
-FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
 
 class Database:
@@ -101,8 +85,8 @@ class Database:
         self._transport: Transport | None = None
         self._opened_at = 0.0
         self._last_used = 0.0
-        self._marker: str | None = None
-        self._warned_no_trace = False
+        #: Outside a scope: where one invocation ends and the next begins.
+        self._boundary = Boundary()
         #: The invocation scope in progress (set and cleared by :class:`Invocation`).
         self._scope: Invocation | None = None
         self._lock = threading.RLock()
@@ -191,189 +175,29 @@ class Database:
             scope = self._scope  # a scope may have started since the unlocked look
             if scope is not None:  # (the lock is re-entrant: _checkout takes it too)
                 return scope._checkout()  # type: ignore[no-any-return]
-            marker = os.environ.get(TRACE_ID)
-            if marker is None and not self._warned_no_trace and os.environ.get(FUNCTION_NAME):
-                self._warned_no_trace = True
-                logger.warning(
-                    "running in Lambda without %s: outside @with_connection, get_connection() "
-                    "cannot tell invocations apart, so a transaction an invocation left open "
-                    "is not rolled back by the next one; use @with_connection",
-                    TRACE_ID,
-                )
-            fresh = marker != self._marker
-            self._marker = marker
+            fresh = self._boundary.crossed()
             deadline = Deadline.start(self.settings, remaining=None, clock=self._clock)
-            conn = self.acquire(deadline, fresh=fresh)
+            conn = acquire(self, deadline, fresh=fresh)
             self._last_used = self._clock()
             return conn  # type: ignore[no-any-return]
 
-    def healthy(self, conn: Any, now: float) -> bool:
-        """The warm path's checks, all local or a zero-wait poll: True when ``conn`` can be
-        handed to a new invocation as is. False sends the caller to :meth:`acquire`, which
-        looks again and decides (a leftover rollback, a ping, a replacement)."""
-        settings = self._settings
-        driver = self._driver
-        transport = self._transport
-        return (
-            driver is not None
-            and settings is not None
-            and transport is not None
-            and driver.state(conn) == IDLE  # open, no transaction, the defaults
-            and not (settings.max_age and now - self._opened_at >= settings.max_age)
-            and now - self._last_used < settings.idle_ping_after
-            and not transport.readable()
-        )
-
-    def acquire(self, deadline: Deadline, *, fresh: bool) -> Any:
-        """The checked connection, or a new one within ``deadline`` (for the scope).
-
-        ``fresh``: a new invocation starts here, so a transaction still open belongs to
-        an earlier one and is rolled back.
-        """
-        conn = self._conn
-        if conn is not None:
-            reason = self._check(conn, deadline, fresh=fresh)
-            if reason is None:
-                self.stats.reuses += 1
-                return conn
-            self._discard(reason)
-            self.stats.health_check_failures += 1
-            self._emit("HealthCheckFailures")
-        return self._open(deadline)
-
-    def _check(self, conn: Any, deadline: Deadline, *, fresh: bool) -> str | None:
-        """Why ``conn`` must be replaced, or ``None`` when it is fit to hand out."""
-        driver = self._driver
-        settings = self._settings
-        assert driver is not None and settings is not None  # both resolved before connecting
-        if driver.closed(conn):
-            return "closed"
-        status = driver.status(conn)
-        if status != IDLE:
-            if status == ACTIVE:
-                return None  # a statement is running in another thread: in use, not dead
-            if status not in (INTRANS, INERROR):
-                return "connection in an unknown state"
-            if not fresh:
-                return None  # this invocation's own transaction: never touched
-            logger.warning(
-                "rolling back a transaction an earlier invocation left open on the connection"
-            )
-            self.stats.leftover_rollbacks += 1
-            failed = self._bounded(
-                conn, driver.rollback, deadline, why="leftover rollback", no_time="no time left"
-            )
-            if failed is not None:
-                return f"{failed}: the server rolls it back when the connection closes"
-        now = self._clock()
-        if settings.max_age and now - self._opened_at >= settings.max_age:
-            return f"older than max_age ({settings.max_age:g} s)"
-        transport = self._transport
-        if transport is not None and transport.readable():
-            # EOF or an unsolicited message (a FATAL from pg_terminate_backend, a NOTICE):
-            # let a ping decide rather than guess.
-            return self._ping(conn, deadline, why="socket readable")
-        if now - self._last_used >= settings.idle_ping_after:
-            return self._ping(conn, deadline, why="idle")
-        return None
-
-    def _ping(self, conn: Any, deadline: Deadline, *, why: str) -> str | None:
-        """``SELECT 1`` without a transaction; a disconnect or no answer means replace."""
-
-        def ping(conn: Any) -> None:
-            self.stats.pings += 1
-            self.driver.ping(conn)
-
-        return self._bounded(conn, ping, deadline, why=f"ping after {why}")
-
-    def _bounded(
-        self,
-        conn: Any,
-        action: Callable[[Any], None],
-        deadline: Deadline,
-        *,
-        why: str,
-        no_time: str | None = None,
-    ) -> str | None:
-        """Run one round trip bounded by ``connect_timeout`` and the deadline (the watchdog
-        cuts it); a reason to replace the connection, or ``None`` when it went well.
-
-        With no time left the action is skipped and ``no_time`` is the answer (``None``:
-        keep the connection unchecked rather than throw a healthy one away).
-        """
-        wait = min(self.settings.connect_timeout, deadline.left())
-        if wait <= 0:
-            return None if no_time is None else f"{why} skipped ({no_time})"
-        assert self._transport is not None  # set together with the connection
-        return WATCHDOG.bounded(
-            self._transport, lambda: action(conn), wait, lost=self._lost_link(conn), why=why
-        )
-
-    def _lost_link(self, conn: Any) -> Callable[[BaseException], bool]:
-        def lost(exc: BaseException) -> bool:
-            return self.driver.closed(conn) or disconnected(self.driver.error_info(exc))
-
-        return lost
-
-    def _open(self, deadline: Deadline) -> Any:
-        result = connect_with_retry(
-            self.settings,
-            self.provider,
-            self.driver,
-            deadline=deadline.connect_by,
-            clock=self._clock,
-            sleep=self._sleep,
-            backoff=self._backoff,
-        )
-        conn = result.connection
-        try:
-            transport = Transport(self.driver.fileno(conn))
-        except OSError:
-            self.driver.close(conn)
-            raise
-        self._conn, self._transport = conn, transport
-        self._opened_at = self._last_used = self._clock()
-        self.stats.connects += 1
-        self.stats.retries += result.retries
-        self.stats.auth_refreshes += int(result.refreshed)
-        self._emit("Connects")
-        if result.retries:
-            self._emit("ConnectRetries", result.retries)
-        settings = self.settings
-        logger.info(
-            "connected to %s:%s/%s as %r in %.1f ms (%d attempt(s), %s auth)",
-            settings.host or "(from credentials)", settings.port, settings.dbname,
-            self.driver.user(conn), result.seconds * 1000, result.attempts, settings.auth_mode,
-        )  # fmt: skip
-        return conn
-
     def discard(self, reason: str) -> None:
         """Close and forget the connection (``reason`` goes to a WARNING)."""
-        self._discard(reason)
+        self._release(f"discarding the connection: {reason}; the next use reconnects")
 
-    def _discard(self, reason: str) -> None:
+    def _release(self, why: str, *, level: int = logging.WARNING) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
             transport, self._transport = self._transport, None
-        if conn is None:
-            return
-        logger.warning("discarding the connection: %s; the next use reconnects", reason)
-        self.driver.close(conn)
-        if transport is not None:
-            transport.close()
+        if conn is not None:
+            logger.log(level, "%s", why)
+            close_link(self.driver, conn, transport)
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the connection (it reopens at the next use)."""
-        with self._lock:
-            conn, self._conn = self._conn, None
-            transport, self._transport = self._transport, None
-        if conn is not None:
-            logger.info("closing the database connection")
-            self.driver.close(conn)
-        if transport is not None:
-            transport.close()
+        self._release("closing the database connection", level=logging.INFO)
 
     def reseed(self) -> None:
         """Draw a fresh seed for the backoff's jitter (after a SnapStart restore)."""
@@ -396,8 +220,5 @@ class Database:
 
     def emit(self, name: str, value: float = 1) -> None:
         """Publish a counter to the metrics sink, when there is one."""
-        self._emit(name, value)
-
-    def _emit(self, name: str, value: float = 1) -> None:
         if self._metrics is not None:
             self._metrics.add_metric(name=name, unit="Count", value=value)

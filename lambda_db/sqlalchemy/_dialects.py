@@ -107,6 +107,7 @@ from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
 
 from lambda_db._driver import IDLE, get_driver
+from lambda_db._ending import on_left_open
 from lambda_db.errors import ConfigurationError, TransactionOrderError
 
 if TYPE_CHECKING:
@@ -390,6 +391,9 @@ def end_left_open(scope: Invocation, conn: Any) -> None:
         )
         stack.pop()
         _execute(conn, f"ROLLBACK TO SAVEPOINT {how.savepoint}")
+
+
+on_left_open(end_left_open)  # the invocation ends them: it never imports this module
 
 
 def _released(dbapi_connection: Any) -> None:

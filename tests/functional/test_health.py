@@ -8,6 +8,7 @@ import pytest
 
 import lambda_db
 from lambda_db import Database
+from lambda_db._checks import acquire
 from lambda_db._deadline import Deadline
 from lambda_db.database import TRACE_ID
 from lambda_db.testing import LambdaContext
@@ -245,7 +246,7 @@ def test_no_budget_left_skips_the_ping_and_keeps_the_connection(
     conn = db.get_connection()
     clock.advance(120.0)
     spent = Deadline(clock=clock, started=clock(), end=clock(), margin=0.0, connect_budget=0.0)
-    assert db.acquire(spent, fresh=True) is conn  # no time to ping: not thrown away
+    assert acquire(db, spent, fresh=True) is conn  # no time to ping: not thrown away
     assert (db.stats.pings, db.stats.health_check_failures) == (0, 0)
     db.close()
 

@@ -1,0 +1,191 @@
+"""How an invocation ends: ``COMMIT``, ``ROLLBACK``, or the typed error that says what happened.
+
+:class:`~lambda_db._invocation.Invocation` decides *that* the invocation is over (its
+``__exit__``); :func:`end` decides *how*, for a scope that checked a connection out:
+
+* the handler returned: ``COMMIT`` (psycopg2 sent ``BEGIN`` before the first statement);
+* it raised: ``ROLLBACK``, and its exception propagates unchanged;
+* it caught an error that dooms the invocation, or returned with its transaction aborted:
+  ``ROLLBACK`` (and the dooming error again);
+* the connection was lost under it: :class:`~lambda_db.ConnectionLostError`, nothing is
+  replayed; the watchdog cut it, or the cutoff has passed: no ``COMMIT`` is sent, the
+  connection is dropped (the server rolls back) and
+  :class:`~lambda_db.DeadlineExceededError` says what was and was not committed.
+
+Whatever happens, the watchdog is disarmed and a connection that cannot be trusted is
+discarded, never handed to the next invocation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from lambda_db._classify import brief, disconnected, driver_error
+from lambda_db._driver import CLOSED, INERROR, Driver
+from lambda_db._watchdog import WATCHDOG
+from lambda_db.errors import ConnectionLostError, DeadlineExceededError
+
+if TYPE_CHECKING:
+    from lambda_db._invocation import Invocation
+    from lambda_db.database import Database
+
+__all__ = ["end", "on_left_open"]
+
+logger = logging.getLogger(__name__)
+
+#: Ends the joined transactions a handler left open: registered by the integration that
+#: makes them (``lambda_db.sqlalchemy``), so the runtime never imports it.
+_left_open: Callable[[Invocation, Any], None] | None = None
+
+
+def on_left_open(hook: Callable[[Invocation, Any], None]) -> None:
+    """Register how to end an invocation's joined transactions left open (``scope.joined``):
+    ``hook(scope, conn)`` rolls them back, or raises having doomed the invocation."""
+    global _left_open
+    _left_open = hook
+
+
+def end(scope: Invocation, exc: BaseException | None) -> None:
+    """End ``scope``, which checked a connection out; ``exc``: what the handler raised."""
+    db, conn, driver, transport = scope._db, scope.conn, scope._driver, scope._transport
+    assert driver is not None  # set at checkout, with conn
+    try:
+        if transport is not None and transport.was_cut:
+            # A driver error after the cut (itself, or the cause of what a library such
+            # as SQLAlchemy raised): a statement was waiting for the server.
+            raise cut(scope, waiting=driver_error(exc, driver) is not None) from exc
+        if exc is not None:
+            if driver.closed(conn) or disconnected(driver_error(exc, driver)):
+                raise lost(db, exc, during="the invocation") from exc
+            rollback(scope, conn)
+            return
+        cutoff = scope._cutoff
+        if cutoff is not None and db._clock() >= cutoff:
+            raise cut(scope, waiting=False)
+        doomed = scope.doomed
+        if doomed is not None:  # the handler caught an error that forbids any commit
+            rollback(scope, conn)
+            raise doomed
+        state = driver.state(conn)
+        if state == INERROR:
+            # The handler caught a database error and returned: nothing can commit.
+            logger.warning(
+                "the handler returned with its transaction aborted by an earlier error; "
+                "rolled back, nothing was committed"
+            )
+            rollback(scope, conn)
+            return
+        if state == CLOSED:
+            raise lost(db, None, during="the invocation")
+        if scope.joined:  # SQLAlchemy transactions still open, or with_session's session
+            _round_trip(scope, conn, driver, _end_left_open, "ROLLBACK TO SAVEPOINT")
+        _round_trip(scope, conn, driver, _commit, "COMMIT", outcome_unknown=True)
+        db.stats.commits += 1
+    finally:
+        if transport is not None and WATCHDOG.disarm(transport) and db._conn is conn:
+            # Cut at the cutoff just after the last round trip completed.
+            db.discard("the deadline passed as the invocation ended")
+        elif scope._prepared and db._conn is conn and not driver.closed(conn):
+            driver.prepare_default(conn)
+
+
+def _commit(scope: Invocation, conn: Any) -> None:
+    conn.commit()  # DB-API: nothing is sent when no transaction is open
+
+
+def _end_left_open(scope: Invocation, conn: Any) -> None:
+    """Roll back the joined transactions the handler left open, as closing them would
+    have; raise (having rolled back) when that would undo others' work."""
+    assert _left_open is not None  # registered by whoever joined them
+    _left_open(scope, conn)
+
+
+def _round_trip(
+    scope: Invocation,
+    conn: Any,
+    driver: Driver,
+    action: Callable[[Invocation, Any], None],
+    during: str,
+    *,
+    outcome_unknown: bool = False,
+) -> None:
+    """``action`` at the end of a successful handler; a failure rolls back and raises the
+    error, or the typed one when the watchdog cut it or the connection was lost."""
+    try:
+        action(scope, conn)
+    except Exception as error:
+        transport = scope._transport
+        if transport is not None and transport.was_cut:
+            raise cut(scope, waiting=True, during=during) from error
+        if driver.closed(conn) or disconnected(driver.error_info(error)):
+            raise lost(scope._db, error, during=during, outcome_unknown=outcome_unknown) from error
+        rollback(scope, conn)
+        raise
+
+
+def rollback(scope: Invocation, conn: Any) -> None:
+    """Roll back; a connection that cannot be rolled back is discarded."""
+    db = scope._db
+    if not scope.autocommit:
+        db.stats.rollbacks += 1
+    try:
+        conn.rollback()  # DB-API: nothing is sent when no transaction is open
+    except Exception as exc:  # noqa: BLE001 (whatever it was, the connection goes)
+        db.discard(f"rollback failed ({brief(exc)})")
+
+
+def lost(
+    db: Database, exc: BaseException | None, *, during: str, outcome_unknown: bool = False
+) -> ConnectionLostError:
+    """The error for a connection lost ``during`` something; the connection is discarded."""
+    db.stats.connections_lost += 1
+    db.emit("ConnectionsLost")
+    db.discard(f"lost during {during}")
+    outcome = " (the outcome is unknown)" if outcome_unknown else ""
+    cause = f": {brief(exc)}" if exc is not None else ""
+    return ConnectionLostError(
+        f"the database connection was lost during {during}{outcome}{cause}; nothing was "
+        "replayed and the next invocation gets a fresh connection",
+        outcome_unknown=outcome_unknown,
+    )
+
+
+def cut(scope: Invocation, *, waiting: bool, during: str = "a statement") -> DeadlineExceededError:
+    """The error for an invocation still running at its cutoff.
+
+    ``waiting``: a statement (or ``during``) was waiting for the server when the watchdog
+    cut the connection; otherwise the handler itself was still busy (or returned after
+    the cutoff) and the connection was dropped with its transaction.
+    """
+    db = scope._db
+    db.stats.deadlines_exceeded += 1
+    db.emit("DeadlinesExceeded")
+    if waiting:
+        db.stats.connections_lost += 1
+    db.discard(f"cut at the invocation's deadline ({during if waiting else 'not waiting'})")
+    deadline = scope.deadline
+    budget = (scope._cutoff or deadline.connect_by) - deadline.started
+    where = f"DB_DEADLINE_MARGIN/2 = {deadline.margin / 2:.2f} s before the function's timeout"
+    commit = during == "COMMIT"
+    if waiting:
+        what = (
+            f"the database had not answered {during} {budget:.2f} s into the invocation, "
+            f"at its deadline ({where}): lambda-db cut the connection; "
+        )
+    else:
+        what = (
+            f"the invocation was still running {budget:.2f} s in, at its deadline "
+            f"({where}), with the database idle: lambda-db dropped the connection; "
+        )
+    outcome = (
+        "the outcome of the COMMIT is unknown"
+        if commit
+        else "the invocation's open transaction was not committed"
+    )
+    return DeadlineExceededError(
+        f"{what}{outcome}; nothing is replayed and the next invocation gets a fresh connection",
+        outcome_unknown=commit,
+        deadline=budget,
+    )
