@@ -15,14 +15,21 @@ invocation raises :class:`~lambda_db.errors.DeadlineExceededError`, and the func
 answers before Lambda's timeout. No wait callback is involved, so ``COPY``, large objects and
 statements from several threads work as usual.
 
-Cost on the warm path: :meth:`Watchdog.arm` and :meth:`Watchdog.disarm` each take a lock and
-set two attributes of the transport (no allocation: the transport carries its own alarm).
-The thread is woken only when a new cutoff is due *before* the time it already sleeps
-until, and with nothing armed it sleeps until the latest cutoff it has seen rather than
-until notified. Consecutive invocations arm later and later cutoffs, so the thread wakes
-about once per function timeout, not once per invocation. Between invocations nothing is
-armed: a frozen environment has nothing to fire (its thread, frozen too, wakes on thaw,
-finds nothing due and sleeps again).
+Cost on the warm path: :meth:`Watchdog.arm` sets two attributes of the transport (no
+allocation: the transport carries its own alarm) and, in the common case, takes no lock:
+it compares its cutoff with the time the thread already sleeps until, and wakes the thread
+(under the lock) only when its cutoff is due before that. With nothing armed the thread
+sleeps until the latest cutoff it has seen rather than until notified; consecutive
+invocations arm later and later cutoffs, so the thread wakes about once per function
+timeout, not once per invocation. The lock-free arm is safe because both sides write
+before they read: ``arm`` stores the cutoff, then reads when the thread wakes; the thread
+stores when it wakes, then looks at every transport again before it sleeps, so one of the
+two always sees the other. :meth:`Watchdog.disarm` takes the lock, so that its answer (was
+the transport cut?) is exact. (The handshake relies on the GIL ordering each side's
+store before its load; a free-threaded build would need a fence there, and lambda-db does
+not claim to support one.) Between invocations nothing is armed: a frozen environment
+has nothing to fire (its thread, frozen too, wakes on thaw, finds nothing due and sleeps
+again).
 
 Example::
 
@@ -71,20 +78,27 @@ class Watchdog:
 
     def arm(self, transport: Transport, at: float) -> None:
         """Cut ``transport`` at ``at`` (``time.monotonic()``) unless disarmed before."""
+        transport.was_cut = False
+        transport.cut_at = at  # stored before _wakes_at is read: see the module docstring
+        if at > self._latest:
+            self._latest = at  # (unlocked: a lost update only wakes the thread early)
+        wakes_at = self._wakes_at
+        if wakes_at is None or at < wakes_at or transport.watched is not self._token:
+            self._wake(transport, at)
+
+    def _wake(self, transport: Transport, at: float) -> None:
+        """Under the lock: watch ``transport``, and start or wake the thread when ``at`` is
+        due before it wakes by itself."""
         with self._lock:
-            transport.cut_at = at
-            transport.was_cut = False
-            if at > self._latest:
-                self._latest = at
+            if transport.watched is not self._token:
+                transport.watched = self._token
+                self._transports.add(transport)
             wakes_at = self._wakes_at
             if wakes_at is None or at < wakes_at:
                 if self._thread is None:
                     self._start()
                 else:
                     self._cond.notify()
-            if transport.watched is not self._token:
-                transport.watched = self._token
-                self._transports.add(transport)
 
     def disarm(self, transport: Transport) -> bool:
         """Stop the alarm; True when it had already fired (the transport was cut)."""
@@ -126,33 +140,45 @@ class Watchdog:
         with self._cond:
             while True:
                 now = time.monotonic()
-                earliest: float | None = None
-                try:
-                    # Under the lock, but a transport collected in another thread leaves
-                    # the weak set on its own: should the copy ever fail, look again soon
-                    # rather than let the thread die (no deadline would fire again).
-                    transports = list(self._transports)
-                except RuntimeError:  # pragma: no cover - not reproduced
-                    self._wakes_at = now + 0.001
-                    self._cond.wait(0.001)
-                    continue
-                for transport in transports:
-                    at = transport.cut_at
-                    if at is None:
-                        continue
-                    if at <= now:
-                        transport.cut_at = None
-                        transport.was_cut = True
-                        transport.shutdown()
-                    elif earliest is None or at < earliest:
-                        earliest = at
+                earliest = self._scan(now, fire=True)
                 if earliest is None and self._latest > now:
                     # Nothing armed, but the invocations that come next arm cutoffs at or
                     # after the latest one seen: sleeping until then, rather than until
                     # notified, spares every one of them a notify and a context switch.
                     earliest = self._latest
                 self._wakes_at = earliest
+                # An arm() that read the old _wakes_at and so did not notify stored its
+                # cutoff before that read: this second look finds it.
+                armed = self._scan(now, fire=False)
+                if armed is not None and (earliest is None or armed < earliest):
+                    continue
                 self._cond.wait(None if earliest is None else earliest - now)
+
+    def _scan(self, now: float, *, fire: bool) -> float | None:
+        """The earliest cutoff still to come (under the lock); with ``fire``, first cut the
+        transports whose cutoff has come."""
+        try:
+            # Under the lock, but a transport collected in another thread leaves the weak
+            # set on its own: should the copy ever fail, look again soon rather than let
+            # the thread die (no deadline would fire again).
+            transports = list(self._transports)
+        except RuntimeError:  # pragma: no cover - not reproduced
+            return now + 0.001
+        earliest: float | None = None
+        for transport in transports:
+            at = transport.cut_at
+            if at is None:
+                continue
+            if at <= now:
+                if fire:
+                    transport.cut_at = None
+                    transport.was_cut = True
+                    transport.shutdown()
+                    continue
+                at = now  # due: look again at once
+            if earliest is None or at < earliest:
+                earliest = at
+        return earliest
 
     def _after_fork(self) -> None:
         """In a forked child the thread does not exist: start afresh."""

@@ -108,6 +108,98 @@ def test_many_threads_arm_and_disarm_their_own_transports() -> None:
     assert fired == [False] * 800
 
 
+def _wait_until_scheduled(dog: Watchdog) -> None:
+    """Until the thread has scanned and chosen when to wake (2 s at most)."""
+    deadline = time.monotonic() + 2.0
+    while dog._wakes_at is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert dog._wakes_at is not None
+
+
+def test_later_alarms_take_no_lock(
+    pair: tuple[socket.socket, socket.socket, Transport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warm path's arm is two stores and a comparison: the lock is for waking."""
+    _, _, transport = pair
+    dog = Watchdog()
+    dog.arm(transport, time.monotonic() + 3600)  # registers the transport, starts the thread
+    _wait_until_scheduled(dog)
+    dog.disarm(transport)
+    woken: list[float] = []
+    monkeypatch.setattr(dog, "_wake", lambda transport, at: woken.append(at))
+    for i in range(100):
+        dog.arm(transport, time.monotonic() + 3601 + i)
+        dog.disarm(transport)
+    assert woken == []
+
+
+def test_an_alarm_armed_while_the_thread_scans_is_not_missed() -> None:
+    """The handshake: an arm() that takes no lock, made while the thread is between its
+    scan and storing when it wakes next, is found by the thread's second look (without
+    it, the alarm would fire at the latest cutoff seen: an hour late)."""
+    first, first_peer = socket.socketpair()
+    second, second_peer = socket.socketpair()
+    t1, t2 = Transport(first.fileno()), Transport(second.fileno())
+    injected = threading.Event()
+
+    class Racing(Watchdog):
+        def _scan(self, now: float, *, fire: bool) -> float | None:
+            earliest = super()._scan(now, fire=fire)
+            if fire and t1.was_cut and not injected.is_set():
+                injected.set()  # the thread holds the lock: this arm must take none
+                self.arm(t2, time.monotonic() + 0.05)
+            return earliest
+
+    dog = Racing()
+    dog.arm(t2, time.monotonic() + 3600)  # registers t2; the latest cutoff is an hour away
+    assert dog.disarm(t2) is False
+    dog.arm(t1, time.monotonic() + 0.02)  # wakes the thread at +0.02
+    second.settimeout(5.0)
+    started = time.monotonic()
+    assert second.recv(1) == b""  # cut at +0.05, not at +3600
+    assert time.monotonic() - started < 5.0
+    assert injected.is_set()
+    assert dog.disarm(t2) is True
+    for s in (t1, t2):
+        s.close()
+    for sock in (first, first_peer, second, second_peer):
+        sock.close()
+
+
+def test_short_alarms_from_many_threads_all_fire() -> None:
+    """Four threads arm short alarms, each due before or after the others', while the
+    thread wakes and scans for theirs: none is missed (a missed one would leave its recv
+    blocked until the 5 s timeout)."""
+    dog = Watchdog()
+    rounds = 60
+    done: list[int] = []
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for i in range(rounds):
+                ours, peer = socket.socketpair()
+                ours.settimeout(5.0)
+                transport = Transport(ours.fileno())
+                dog.arm(transport, time.monotonic() + 0.001 * ((seed * 7 + i * 3) % 20))
+                assert ours.recv(1) == b""
+                assert dog.disarm(transport) is True
+                transport.close()
+                ours.close()
+                peer.close()
+            done.append(seed)
+        except BaseException as exc:  # reported by the test, not lost with the thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(done) == [0, 1, 2, 3]
+
+
 def test_a_transport_armed_again_after_a_cut_starts_uncut(
     pair: tuple[socket.socket, socket.socket, Transport],
 ) -> None:
