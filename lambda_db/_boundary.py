@@ -35,8 +35,8 @@ FUNCTION_NAME = "AWS_LAMBDA_FUNCTION_NAME"
 
 
 class Boundary:
-    """Tells whether a new invocation has begun since the last :meth:`crossed` (the first
-    call counts as the same invocation as the process's start)."""
+    """Tells whether a new invocation has begun since the last :meth:`crossed` (outside
+    Lambda, with no trace id, never; in Lambda, the first call says yes)."""
 
     __slots__ = ("_marker", "_warned", "environ")
 

@@ -12,7 +12,7 @@ connection; an invocation checks it at its first use, cheapest first:
    environment was frozen (it leaves EOF or an error message to read) with no round trip;
 5. ``SELECT 1`` (in autocommit: no transaction) only after ``idle_ping_after`` of idleness.
 
-:func:`healthy` is the warm path (1, 3, 4 and the idle time, no round trip, no allocation);
+:func:`healthy` is the warm path (1 to 4 and the idle time: no round trip, no allocation);
 when it says no, :func:`acquire` looks again and decides. A connection that fails a check
 is closed and replaced before anyone sees it. *How* each step is done is
 :mod:`lambda_db._link`'s (open, bounded round trip, close), the driver's
@@ -44,15 +44,19 @@ def healthy(db: Database, conn: Any, now: float) -> bool:
     settings = db._settings
     driver = db._driver
     transport = db._transport
-    return (
-        driver is not None
-        and settings is not None
-        and transport is not None
-        and driver.state(conn) == IDLE  # open, no transaction, the defaults
-        and not (settings.max_age and now - db._opened_at >= settings.max_age)
-        and now - db._last_used < settings.idle_ping_after
-        and not transport.readable()
-    )
+    if (
+        driver is None
+        or settings is None
+        or transport is None
+        or driver.state(conn) != IDLE  # open, no transaction, the defaults
+        or (settings.max_age and now - db._opened_at >= settings.max_age)
+        or now - db._last_used >= settings.idle_ping_after
+    ):
+        return False
+    try:
+        return not transport.poll(0)  # Transport.readable(), without its frame
+    except (OSError, ValueError):
+        return False
 
 
 def acquire(db: Database, deadline: Deadline, *, fresh: bool) -> Any:
@@ -157,4 +161,10 @@ def _open(db: Database, deadline: Deadline) -> Any:
     db.emit("Connects")
     if result.retries:
         db.emit("ConnectRetries", result.retries)
+    settings = db.settings
+    logger.info(
+        "connected to %s:%s/%s as %r in %.1f ms (%d attempt(s), %s auth)",
+        settings.host or "(from credentials)", settings.port, settings.dbname,
+        db.driver.user(conn), result.seconds * 1000, result.attempts, settings.auth_mode,
+    )  # fmt: skip
     return conn

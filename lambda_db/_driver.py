@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 __all__ = [
@@ -78,8 +79,12 @@ class Driver(Protocol):
         """The driver's own verdict: the connection is closed or broken."""
         ...
 
-    def status(self, conn: Any) -> int:
-        """libpq's transaction status (:data:`IDLE`, :data:`INTRANS`, ...); local, no round trip."""
+    @property
+    def status(self) -> Callable[[Any], int]:
+        """``status(conn)``: libpq's transaction status (:data:`IDLE`, :data:`INTRANS`, ...;
+        :data:`UNKNOWN` once the connection is closed or bad); local, no round trip. An
+        attribute rather than a method, so that a driver can make it a C-level callable
+        (``operator.methodcaller``): the end of every invocation asks it."""
         ...
 
     def state(self, conn: Any) -> int:

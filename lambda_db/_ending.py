@@ -5,6 +5,9 @@
 
 * the handler returned: ``COMMIT`` (psycopg2 sent ``BEGIN`` before the first statement);
 * it raised: ``ROLLBACK``, and its exception propagates unchanged;
+* it returned with joined SQLAlchemy transactions left open: ``ROLLBACK TO SAVEPOINT``
+  for each, as closing them would have (the hook that integration registers), then
+  ``COMMIT``;
 * it caught an error that dooms the invocation, or returned with its transaction aborted:
   ``ROLLBACK`` (and the dooming error again);
 * the connection was lost under it: :class:`~lambda_db.ConnectionLostError`, nothing is
@@ -23,9 +26,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lambda_db._classify import brief, disconnected, driver_error
-from lambda_db._driver import CLOSED, INERROR, Driver
+from lambda_db._driver import INERROR, UNKNOWN, Driver
 from lambda_db._watchdog import WATCHDOG
-from lambda_db.errors import ConnectionLostError, DeadlineExceededError
+from lambda_db.errors import ConnectionLostError, DeadlineExceededError, LambdaDbError
 
 if TYPE_CHECKING:
     from lambda_db._invocation import Invocation
@@ -51,6 +54,7 @@ def end(scope: Invocation, exc: BaseException | None) -> None:
     """End ``scope``, which checked a connection out; ``exc``: what the handler raised."""
     db, conn, driver, transport = scope._db, scope.conn, scope._driver, scope._transport
     assert driver is not None  # set at checkout, with conn
+    now = db._last_used = db._clock()  # (idle from now on: the ping's clock)
     try:
         if transport is not None and transport.was_cut:
             # A driver error after the cut (itself, or the cause of what a library such
@@ -62,14 +66,14 @@ def end(scope: Invocation, exc: BaseException | None) -> None:
             rollback(scope, conn)
             return
         cutoff = scope._cutoff
-        if cutoff is not None and db._clock() >= cutoff:
+        if cutoff is not None and now >= cutoff:
             raise cut(scope, waiting=False)
-        doomed = scope.doomed
+        doomed = scope._doomed
         if doomed is not None:  # the handler caught an error that forbids any commit
             rollback(scope, conn)
             raise doomed
-        state = driver.state(conn)
-        if state == INERROR:
+        status = driver.status(conn)
+        if status == INERROR:
             # The handler caught a database error and returned: nothing can commit.
             logger.warning(
                 "the handler returned with its transaction aborted by an earlier error; "
@@ -77,11 +81,23 @@ def end(scope: Invocation, exc: BaseException | None) -> None:
             )
             rollback(scope, conn)
             return
-        if state == CLOSED:
+        if status == UNKNOWN:  # closed or bad (libpq's verdict)
             raise lost(db, None, during="the invocation")
         if scope.joined:  # SQLAlchemy transactions still open, or with_session's session
-            _round_trip(scope, conn, driver, _end_left_open, "ROLLBACK TO SAVEPOINT")
-        _round_trip(scope, conn, driver, _commit, "COMMIT", outcome_unknown=True)
+            try:
+                _end_left_open(scope, conn)
+            except Exception as error:
+                typed = _typed(scope, conn, driver, error, "ROLLBACK TO SAVEPOINT")
+                if typed is None:
+                    raise
+                raise typed from error
+        try:
+            conn.commit()  # DB-API: nothing is sent when no transaction is open
+        except Exception as error:
+            typed = _typed(scope, conn, driver, error, "COMMIT", outcome_unknown=True)
+            if typed is None:
+                raise
+            raise typed from error
         db.stats.commits += 1
     finally:
         if transport is not None and WATCHDOG.disarm(transport) and db._conn is conn:
@@ -91,38 +107,36 @@ def end(scope: Invocation, exc: BaseException | None) -> None:
             driver.prepare_default(conn)
 
 
-def _commit(scope: Invocation, conn: Any) -> None:
-    conn.commit()  # DB-API: nothing is sent when no transaction is open
-
-
 def _end_left_open(scope: Invocation, conn: Any) -> None:
     """Roll back the joined transactions the handler left open, as closing them would
     have; raise (having rolled back) when that would undo others' work."""
-    assert _left_open is not None  # registered by whoever joined them
+    if _left_open is None:  # pragma: no cover - only the integration that joins fills it
+        raise LambdaDbError(
+            "the invocation has joined transactions but no integration registered how to "
+            "end them (lambda_db._ending.on_left_open)"
+        )
     _left_open(scope, conn)
 
 
-def _round_trip(
+def _typed(
     scope: Invocation,
     conn: Any,
     driver: Driver,
-    action: Callable[[Invocation, Any], None],
+    error: Exception,
     during: str,
     *,
     outcome_unknown: bool = False,
-) -> None:
-    """``action`` at the end of a successful handler; a failure rolls back and raises the
-    error, or the typed one when the watchdog cut it or the connection was lost."""
-    try:
-        action(scope, conn)
-    except Exception as error:
-        transport = scope._transport
-        if transport is not None and transport.was_cut:
-            raise cut(scope, waiting=True, during=during) from error
-        if driver.closed(conn) or disconnected(driver.error_info(error)):
-            raise lost(scope._db, error, during=during, outcome_unknown=outcome_unknown) from error
-        rollback(scope, conn)
-        raise
+) -> LambdaDbError | None:
+    """The typed error to raise when ``during`` (after the handler returned) failed with
+    ``error``, because the watchdog cut it or the connection was lost; else ``None``,
+    having rolled back: ``error`` itself propagates."""
+    transport = scope._transport
+    if transport is not None and transport.was_cut:
+        return cut(scope, waiting=True, during=during)
+    if driver.closed(conn) or disconnected(driver.error_info(error)):
+        return lost(scope._db, error, during=during, outcome_unknown=outcome_unknown)
+    rollback(scope, conn)
+    return None
 
 
 def rollback(scope: Invocation, conn: Any) -> None:

@@ -27,7 +27,7 @@ from lambda_db._checks import acquire, healthy
 from lambda_db._deadline import Deadline, LambdaContext, remaining_seconds
 from lambda_db._driver import Driver
 from lambda_db._ending import end
-from lambda_db._options import check_options
+from lambda_db._options import Options
 from lambda_db._socket import Transport
 from lambda_db._watchdog import WATCHDOG
 from lambda_db.config import DEFAULT_DEADLINE_MARGIN
@@ -36,7 +36,7 @@ from lambda_db.errors import DatabaseUnavailableError, LambdaDbError
 if TYPE_CHECKING:
     from lambda_db.database import Database
 
-__all__ = ["Invocation", "LambdaContext", "check_options"]
+__all__ = ["Invocation", "LambdaContext"]
 
 
 class Invocation:
@@ -70,23 +70,11 @@ class Invocation:
         "joined",
     )
 
-    def __init__(
-        self,
-        db: Database,
-        context: Any = None,
-        *,
-        autocommit: bool = False,
-        isolation_level: str | None = None,
-        readonly: bool | None = None,
-        deferrable: bool | None = None,
-    ) -> None:
-        options = None
-        if autocommit or isolation_level or readonly is not None or deferrable is not None:
-            check_options(autocommit, isolation_level, readonly, deferrable)
-            options = (autocommit, isolation_level, readonly, deferrable)
+    def __init__(self, db: Database, context: Any = None, options: Options | None = None) -> None:
+        """``options``: checked by :func:`~lambda_db._options.options_of` (``None``: the
+        defaults); ``Database.invocation()`` and ``with_connection`` check them."""
         self._db = db
         self._context = context
-        #: ``(autocommit, isolation_level, readonly, deferrable)``, or ``None``: defaults.
         self._options = options
         #: The checked-out connection (``None`` until the handler first uses it).
         self.conn: Any = None
@@ -124,7 +112,7 @@ class Invocation:
         return None if self._options is None else self._options[3]
 
     @property
-    def options(self) -> tuple[bool, str | None, bool | None, bool | None] | None:
+    def options(self) -> Options | None:
         """``(autocommit, isolation_level, readonly, deferrable)``, or ``None`` for the
         defaults (a transaction with the server's characteristics)."""
         return self._options
@@ -174,17 +162,18 @@ class Invocation:
         tb: TracebackType | None,
     ) -> None:
         db = self._db
-        with db._lock:  # a checkout in another thread finishes first, and is ended here
-            self._ended = True
-            conn = self.conn
+        conn = self.conn
+        if conn is None:
+            with db._lock:  # a checkout in another thread finishes first, and is ended here
+                self._ended = True
+                conn = self.conn
+        else:
+            self._ended = True  # (a checkout sets conn last: none is in progress)
         try:
             if conn is not None:
                 end(self, exc)
         finally:
-            with db._lock:
-                db._scope = None
-                if conn is not None:
-                    db._last_used = db._clock()
+            db._scope = None  # (one store: a get_connection() that sees it then locks)
 
     # -- the connection -----------------------------------------------------------------
 
@@ -216,20 +205,23 @@ class Invocation:
                     "thread the handler started, or a scope kept past its invocation): "
                     "finish database work before the handler returns"
                 )
-            if self.conn is not None:  # another thread checked it out first
-                return self.conn
+            conn = self.conn
+            if conn is not None:  # another thread checked it out first
+                return conn
             clock = db._clock
             now = clock()
             settings = db._settings or db.settings
-            context = self._context
+            left_ms = getattr(self._context, "get_remaining_time_in_millis", None)
             cutoff = None
-            if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+            if left_ms is not None:
                 # The time left now: the same Lambda deadline as at the invocation's start.
-                left = context.get_remaining_time_in_millis() / 1000.0
+                left = left_ms() / 1000.0
                 remaining = self._remaining = left + (now - self._started)
                 margin = settings.deadline_margin
                 if margin is None:  # Settings.margin_for, inline: this is the warm path
-                    margin = min(DEFAULT_DEADLINE_MARGIN, remaining * 0.25)
+                    margin = remaining * 0.25
+                    if margin > DEFAULT_DEADLINE_MARGIN:
+                        margin = DEFAULT_DEADLINE_MARGIN
                 cutoff = self._cutoff = now + left - margin / 2
                 if now >= cutoff:
                     raise DatabaseUnavailableError(
@@ -238,14 +230,14 @@ class Invocation:
                         "timeout) has passed",
                         budget=cutoff - self._started,
                     )
-            options = self._options
             conn = db._conn
-            if conn is not None and options is None and healthy(db, conn, now):
-                db.stats.reuses += 1  # the warm path: nothing to check, nothing to set
-            else:
+            if conn is None or self._options is not None or not healthy(db, conn, now):
                 conn = acquire(db, self.deadline, fresh=True)  # the full checks, or a new one
                 self._prepared = self._prepare(conn)
-            driver = self._driver = db._driver
+            else:
+                db.stats.reuses += 1  # the warm path: nothing to check, nothing to set
+            self._driver = db._driver
+            db.stats.checkouts += 1
             if cutoff is not None:
                 transport = self._transport = db._transport
                 assert transport is not None  # set together with the connection
@@ -253,12 +245,14 @@ class Invocation:
                     transport,
                     cutoff if clock is time.monotonic else time.monotonic() + (cutoff - now),
                 )
-            self.conn = conn
-            db.stats.checkouts += 1
-            if cutoff is not None and settings.local_statement_timeout and not self.autocommit:
-                # Opt-in, for direct connections: SET LOCAL pins RDS Proxy.
-                assert driver is not None
-                driver.set_local_statement_timeout(conn, max(1, int(self.deadline.left() * 1000)))
+                if settings.local_statement_timeout and not self.autocommit:
+                    # Opt-in, for direct connections: SET LOCAL pins RDS Proxy.
+                    try:
+                        ms = max(1, int(self.deadline.left() * 1000))
+                        db.driver.set_local_statement_timeout(conn, ms)
+                    finally:
+                        self.conn = conn  # (failed: the scope's end rolls back what it began)
+            self.conn = conn  # last: a scope that sees it set has no checkout in progress
             return conn
 
     def _prepare(self, conn: Any) -> bool:

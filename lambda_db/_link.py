@@ -1,6 +1,6 @@
 """*How* the cached connection is opened, checked with a round trip, and closed.
 
-:class:`~lambda_db.Database` decides *when* (the order of its checks, what to count); this
+:mod:`lambda_db._checks` decides *when* (the order of the checks, what to count); this
 module does each step with a driver (:mod:`lambda_db._driver`) and the connection's
 :class:`~lambda_db._socket.Transport`, the duplicate of its socket that the zero-wait
 health check polls and the watchdog shuts down:
@@ -10,12 +10,11 @@ health check polls and the watchdog shuts down:
 * :func:`round_trip`: one request (a ``SELECT 1``, a leftover ``ROLLBACK``) cut by the
   watchdog when it has no answer in time; a lost link is a reason, any other error
   propagates;
-* :func:`close_link`: close both, quietly.
+* :func:`close_link`: close both (the drivers' ``close`` never raises).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -29,8 +28,6 @@ from lambda_db._watchdog import WATCHDOG
 from lambda_db.config import Settings
 
 __all__ = ["close_link", "open_link", "round_trip"]
-
-logger = logging.getLogger(__name__)
 
 
 def open_link(
@@ -59,11 +56,6 @@ def open_link(
     except OSError:
         driver.close(conn)
         raise
-    logger.info(
-        "connected to %s:%s/%s as %r in %.1f ms (%d attempt(s), %s auth)",
-        settings.host or "(from credentials)", settings.port, settings.dbname,
-        driver.user(conn), result.seconds * 1000, result.attempts, settings.auth_mode,
-    )  # fmt: skip
     return conn, transport, result
 
 

@@ -9,10 +9,30 @@ from __future__ import annotations
 
 from lambda_db.errors import ConfigurationError
 
-__all__ = ["ISOLATION_LEVELS", "check_options"]
+__all__ = ["ISOLATION_LEVELS", "Options", "check_options", "options_of"]
 
 #: PostgreSQL's isolation levels (``isolation_level=``, any case).
 ISOLATION_LEVELS = ("READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE")
+
+#: ``(autocommit, isolation_level, readonly, deferrable)``, checked.
+Options = tuple[bool, str | None, bool | None, bool | None]
+
+
+def options_of(
+    autocommit: bool, isolation_level: str | None, readonly: bool | None, deferrable: bool | None
+) -> Options | None:
+    """The checked options, or ``None`` for the defaults (a transaction with the server's
+    characteristics), which the warm path recognises with one comparison.
+
+    >>> options_of(False, None, None, None) is None
+    True
+    >>> options_of(False, "serializable", True, None)
+    (False, 'serializable', True, None)
+    """
+    check_options(autocommit, isolation_level, readonly, deferrable)
+    if not autocommit and (isolation_level, readonly, deferrable) == (None, None, None):
+        return None
+    return (autocommit, isolation_level, readonly, deferrable)
 
 
 def check_options(

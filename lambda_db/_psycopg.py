@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import select
 import time
 from collections.abc import Generator
@@ -117,8 +118,7 @@ class PsycopgDriver:
     def closed(self, conn: psycopg.Connection[Any]) -> bool:
         return conn.closed
 
-    def status(self, conn: psycopg.Connection[Any]) -> int:
-        return int(conn.pgconn.transaction_status)
+    status = operator.attrgetter("pgconn.transaction_status")
 
     def state(self, conn: psycopg.Connection[Any]) -> int:
         if conn.closed:

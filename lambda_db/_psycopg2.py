@@ -21,6 +21,7 @@ connecting only and bounds statements with the watchdog (:mod:`lambda_db._watchd
 from __future__ import annotations
 
 import contextlib
+import operator
 import select
 import threading
 import time
@@ -66,13 +67,12 @@ class Psycopg2Driver:
     def closed(self, conn: ext.connection) -> bool:
         return bool(conn.closed)
 
-    def status(self, conn: ext.connection) -> int:
-        return int(conn.get_transaction_status())
+    status = operator.methodcaller("get_transaction_status")
 
     def state(self, conn: ext.connection) -> int:
         if conn.closed:
             return CLOSED
-        status = int(conn.get_transaction_status())
+        status: int = conn.get_transaction_status()
         if status == IDLE and (
             conn.autocommit
             or conn.isolation_level is not None

@@ -41,7 +41,7 @@ _READ_EVENTS = select.POLLIN | select.POLLERR | select.POLLHUP
 class Transport:
     """A duplicate of a connection's socket descriptor."""
 
-    __slots__ = ("__weakref__", "_poller", "_sock", "cut_at", "was_cut", "watched")
+    __slots__ = ("__weakref__", "_poller", "_sock", "cut_at", "poll", "was_cut", "watched")
 
     def __init__(self, fd: int) -> None:
         #: The watchdog's alarm, carried here so that arming allocates nothing: when to cut
@@ -55,6 +55,9 @@ class Transport:
         self._sock = socket.socket(fileno=os.dup(fd))
         self._poller = select.poll()
         self._poller.register(self._sock.fileno(), _READ_EVENTS)
+        #: The poller's own ``poll`` (``poll(0)``: what :meth:`readable` asks, without its
+        #: Python frame, for the warm path; it raises where :meth:`readable` says True).
+        self.poll = self._poller.poll
 
     def readable(self) -> bool:
         """A zero-wait poll: is there anything to read (data, EOF, an error)? No round trip."""

@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 from lambda_db import _lifecycle, _powertools
 from lambda_db._backoff import Backoff
 from lambda_db._boundary import FUNCTION_NAME, TRACE_ID, Boundary
-from lambda_db._checks import acquire
+from lambda_db._checks import acquire, healthy
 from lambda_db._credentials import CredentialProvider, make_provider
 from lambda_db._deadline import Deadline
 from lambda_db._driver import Driver, get_driver
 from lambda_db._invocation import Invocation, LambdaContext
 from lambda_db._link import close_link
+from lambda_db._options import options_of
 from lambda_db._socket import Transport
 from lambda_db._stats import MetricsSink, Stats
 from lambda_db.config import Settings
@@ -150,14 +151,8 @@ class Database:
         ``scope.connection``); the scope commits when the block ends normally and rolls
         back when it raises.
         """
-        return Invocation(
-            self,
-            context,
-            autocommit=autocommit,
-            isolation_level=isolation_level,
-            readonly=readonly,
-            deferrable=deferrable,
-        )
+        options = options_of(autocommit, isolation_level, readonly, deferrable)
+        return Invocation(self, context, options)
 
     def get_connection(self) -> Connection:
         """The healthy connection, opened or replaced as needed.
@@ -170,34 +165,48 @@ class Database:
         """
         scope = self._scope
         if scope is not None:
-            return scope.connection  # type: ignore[no-any-return]
+            conn = scope.conn  # (scope.connection, inline: this is the warm path)
+            if conn is None or scope._ended:
+                conn = scope._checkout()
+            return conn  # type: ignore[no-any-return]
         with self._lock:
             scope = self._scope  # a scope may have started since the unlocked look
             if scope is not None:  # (the lock is re-entrant: _checkout takes it too)
                 return scope._checkout()  # type: ignore[no-any-return]
             fresh = self._boundary.crossed()
-            deadline = Deadline.start(self.settings, remaining=None, clock=self._clock)
-            conn = acquire(self, deadline, fresh=fresh)
-            self._last_used = self._clock()
+            conn = self._conn
+            now = self._clock()
+            if conn is not None and healthy(self, conn, now):
+                self.stats.reuses += 1  # idle and at the defaults: nothing to roll back
+            else:  # the full checks (a leftover rollback, a ping), or a new connection
+                deadline = Deadline.start(self.settings, remaining=None, clock=self._clock)
+                conn = acquire(self, deadline, fresh=fresh)
+                now = self._clock()
+            self._last_used = now
             return conn  # type: ignore[no-any-return]
 
     def discard(self, reason: str) -> None:
         """Close and forget the connection (``reason`` goes to a WARNING)."""
-        self._release(f"discarding the connection: {reason}; the next use reconnects")
+        self._release(
+            logging.WARNING, "discarding the connection: %s; the next use reconnects", reason
+        )
 
-    def _release(self, why: str, *, level: int = logging.WARNING) -> None:
+    def _release(self, level: int, message: str, *args: object) -> None:
+        """Close and forget the connection and its transport, logging ``message``."""
         with self._lock:
             conn, self._conn = self._conn, None
             transport, self._transport = self._transport, None
         if conn is not None:
-            logger.log(level, "%s", why)
+            logger.log(level, message, *args)
             close_link(self.driver, conn, transport)
+        elif transport is not None:  # (never set without a connection, but never leaked)
+            transport.close()
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
         """Close the connection (it reopens at the next use)."""
-        self._release("closing the database connection", level=logging.INFO)
+        self._release(logging.INFO, "closing the database connection")
 
     def reseed(self) -> None:
         """Draw a fresh seed for the backoff's jitter (after a SnapStart restore)."""

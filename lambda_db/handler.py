@@ -24,7 +24,7 @@ from typing import Any, TypeVar, overload
 
 from lambda_db._classify import conflict
 from lambda_db._invocation import Invocation
-from lambda_db._options import check_options
+from lambda_db._options import Options, options_of
 from lambda_db.database import Connection, Database
 from lambda_db.errors import ConfigurationError
 
@@ -67,7 +67,7 @@ def get_connection() -> Connection:
         with conn.cursor() as cur:
             cur.execute("SELECT 1")
     """
-    return default_database().get_connection()
+    return (_default or default_database()).get_connection()
 
 
 def reset() -> None:
@@ -79,9 +79,7 @@ def reset() -> None:
         db.close()
 
 
-def _normal(
-    options: tuple[bool, str | None, bool | None, bool | None] | None,
-) -> tuple[bool, str | None, bool | None, bool | None] | None:
+def _normal(options: Options | None) -> Options | None:
     """Options with the isolation level's case made irrelevant."""
     if options is None:
         return None
@@ -91,7 +89,7 @@ def _normal(
 
 def check_joinable(
     scope: Invocation,
-    options: tuple[bool, str | None, bool | None, bool | None] | None,
+    options: Options | None,
     retries: int = 0,
 ) -> None:
     """Refuse to join ``scope`` with transaction options (or conflict retries) of one's own:
@@ -205,7 +203,7 @@ def with_connection(
         def handler(event, context, conn):
             ...
     """
-    check_options(autocommit, isolation_level, readonly, deferrable)  # at decoration time
+    options = options_of(autocommit, isolation_level, readonly, deferrable)  # checked now
     if autocommit and retry_serialization_failures:
         raise ConfigurationError(
             "retry_serialization_failures re-runs the whole handler, but with autocommit=True "
@@ -220,12 +218,6 @@ def with_connection(
             f"integer >= 0, got {retry_serialization_failures!r}",
             variable="retry_serialization_failures",
         )
-
-    options = (
-        None
-        if not autocommit and (isolation_level, readonly, deferrable) == (None, None, None)
-        else (autocommit, isolation_level, readonly, deferrable)
-    )
 
     def decorate(func: Handler) -> Handler:
         @functools.wraps(func)
@@ -242,14 +234,7 @@ def with_connection(
                 return func(event, context, *args, **kwargs)
             retries = 0
             while True:
-                scope = Invocation(
-                    db,
-                    context,
-                    autocommit=autocommit,
-                    isolation_level=isolation_level,
-                    readonly=readonly,
-                    deferrable=deferrable,
-                )
+                scope = Invocation(db, context, options)
                 try:
                     with scope:
                         if inject is not None:
