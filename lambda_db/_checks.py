@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lambda_db._deadline import Deadline
-from lambda_db._driver import ACTIVE, IDLE, INERROR, INTRANS
+from lambda_db._driver import ACTIVE, AT_DEFAULTS, IDLE, INERROR, INTRANS
 from lambda_db._link import open_link, round_trip
 
 if TYPE_CHECKING:
@@ -48,15 +48,18 @@ def healthy(db: Database, conn: Any, now: float) -> bool:
         driver is None
         or settings is None
         or transport is None
-        or driver.state(conn) != IDLE  # open, no transaction, the defaults
         or (settings.max_age and now - db._opened_at >= settings.max_age)
         or now - db._last_used >= settings.idle_ping_after
     ):
         return False
     try:
-        return not transport.poll(0)  # Transport.readable(), without its frame
-    except (OSError, ValueError):
-        return False
+        return (
+            driver.session(conn) == AT_DEFAULTS  # open, autocommit off, the defaults
+            and driver.status(conn) == IDLE  # no transaction
+            and not transport.poll(0)  # Transport.readable(), without its frame
+        )
+    except Exception:  # noqa: BLE001 (a closed connection's getter, a closed socket)
+        return False  # acquire() looks again, and decides
 
 
 def acquire(db: Database, deadline: Deadline, *, fresh: bool) -> Any:

@@ -23,8 +23,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 __all__ = [
-    "CLOSED",
-    "CONFIGURED",
+    "AT_DEFAULTS",
     "INERROR",
     "INTRANS",
     "ACTIVE",
@@ -35,12 +34,10 @@ __all__ = [
     "get_driver",
 ]
 
+#: What :attr:`Driver.session` says of an open connection at the defaults: not closed,
+#: autocommit off, and the server's own isolation level, read-only and deferrable settings.
+AT_DEFAULTS: tuple[Any, ...] = (False, False, None, None, None)
 # libpq's PGTransactionStatusType, which psycopg2 and psycopg 3 both report as is.
-#: Not libpq's: :meth:`Driver.state` of a closed or broken connection.
-CLOSED = -1
-#: Not libpq's: :meth:`Driver.state` of an idle connection whose autocommit or transaction
-#: characteristics are not the defaults (a scope with options, or a caller, set them).
-CONFIGURED = 5
 IDLE = 0
 ACTIVE = 1
 INTRANS = 2
@@ -87,10 +84,13 @@ class Driver(Protocol):
         (``operator.methodcaller``): the end of every invocation asks it."""
         ...
 
-    def state(self, conn: Any) -> int:
-        """The warm path's one question, in one call: :data:`CLOSED`; :data:`CONFIGURED` for
-        an idle connection not at the defaults (autocommit off, the server's transaction
-        characteristics); else :meth:`status`. :data:`IDLE` means ready to hand out as is."""
+    @property
+    def session(self) -> Callable[[Any], tuple[Any, ...]]:
+        """``session(conn)``: ``(closed, autocommit, isolation_level, readonly,
+        deferrable)``, local; equal to :data:`AT_DEFAULTS` for an open connection whose
+        next transaction has the server's characteristics. A C-level callable
+        (``operator.attrgetter``) for the warm path, like :attr:`status`; a closed
+        connection's answer is anything but :data:`AT_DEFAULTS`, or an error."""
         ...
 
     def fileno(self, conn: Any) -> int:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from lambda_db._classify import brief, disconnected, driver_error
-from lambda_db._driver import INERROR, UNKNOWN, Driver
+from lambda_db._driver import INERROR, Driver
 from lambda_db._watchdog import WATCHDOG
 from lambda_db.errors import ConnectionLostError, DeadlineExceededError, LambdaDbError
 
@@ -52,8 +52,9 @@ def on_left_open(hook: Callable[[Invocation, Any], None]) -> None:
 
 def end(scope: Invocation, exc: BaseException | None) -> None:
     """End ``scope``, which checked a connection out; ``exc``: what the handler raised."""
-    db, conn, driver, transport = scope._db, scope.conn, scope._driver, scope._transport
-    assert driver is not None  # set at checkout, with conn
+    db, conn, transport = scope._db, scope.conn, scope._transport
+    driver = db._driver
+    assert driver is not None  # resolved before the connection was opened
     now = db._last_used = db._clock()  # (idle from now on: the ping's clock)
     try:
         if transport is not None and transport.was_cut:
@@ -73,28 +74,24 @@ def end(scope: Invocation, exc: BaseException | None) -> None:
             rollback(scope, conn)
             raise doomed
         status = driver.status(conn)
-        if status == INERROR:
-            # The handler caught a database error and returned: nothing can commit.
-            logger.warning(
-                "the handler returned with its transaction aborted by an earlier error; "
-                "rolled back, nothing was committed"
-            )
-            rollback(scope, conn)
-            return
-        if status == UNKNOWN:  # closed or bad (libpq's verdict)
-            raise lost(db, None, during="the invocation")
-        if scope.joined:  # SQLAlchemy transactions still open, or with_session's session
-            try:
-                _end_left_open(scope, conn)
-            except Exception as error:
-                typed = _typed(scope, conn, driver, error, "ROLLBACK TO SAVEPOINT")
-                if typed is None:
-                    raise
-                raise typed from error
+        if status >= INERROR:  # (IDLE, ACTIVE, INTRANS below it)
+            if status == INERROR:
+                # The handler caught a database error and returned: nothing can commit.
+                logger.warning(
+                    "the handler returned with its transaction aborted by an earlier error; "
+                    "rolled back, nothing was committed"
+                )
+                rollback(scope, conn)
+                return
+            raise lost(db, None, during="the invocation")  # UNKNOWN: closed or bad (libpq)
+        during = "ROLLBACK TO SAVEPOINT"
         try:
+            if scope.joined:  # SQLAlchemy transactions still open, or with_session's session
+                _end_left_open(scope, conn)
+            during = "COMMIT"
             conn.commit()  # DB-API: nothing is sent when no transaction is open
         except Exception as error:
-            typed = _typed(scope, conn, driver, error, "COMMIT", outcome_unknown=True)
+            typed = _typed(scope, conn, driver, error, during)
             if typed is None:
                 raise
             raise typed from error
@@ -124,17 +121,15 @@ def _typed(
     driver: Driver,
     error: Exception,
     during: str,
-    *,
-    outcome_unknown: bool = False,
 ) -> LambdaDbError | None:
     """The typed error to raise when ``during`` (after the handler returned) failed with
-    ``error``, because the watchdog cut it or the connection was lost; else ``None``,
-    having rolled back: ``error`` itself propagates."""
+    ``error``, because the watchdog cut it or the connection was lost (a lost ``COMMIT``'s
+    outcome is unknown); else ``None``, having rolled back: ``error`` itself propagates."""
     transport = scope._transport
     if transport is not None and transport.was_cut:
         return cut(scope, waiting=True, during=during)
     if driver.closed(conn) or disconnected(driver.error_info(error)):
-        return lost(scope._db, error, during=during, outcome_unknown=outcome_unknown)
+        return lost(scope._db, error, during=during, outcome_unknown=during == "COMMIT")
     rollback(scope, conn)
     return None
 

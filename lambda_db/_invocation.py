@@ -19,16 +19,13 @@ Example::
 
 from __future__ import annotations
 
-import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from lambda_db._checks import acquire, healthy
 from lambda_db._deadline import Deadline, LambdaContext, remaining_seconds
-from lambda_db._driver import Driver
 from lambda_db._ending import end
 from lambda_db._options import Options
-from lambda_db._socket import Transport
 from lambda_db._watchdog import WATCHDOG
 from lambda_db.config import DEFAULT_DEADLINE_MARGIN
 from lambda_db.errors import DatabaseUnavailableError, LambdaDbError
@@ -59,7 +56,6 @@ class Invocation:
         "_db",
         "_deadline",
         "_doomed",
-        "_driver",
         "_ended",
         "_options",
         "_prepared",
@@ -78,18 +74,15 @@ class Invocation:
         self._options = options
         #: The checked-out connection (``None`` until the handler first uses it).
         self.conn: Any = None
-        self._transport: Transport | None = None
-        self._driver: Driver | None = None
-        self._deadline: Deadline | None = None
-        self._cutoff: float | None = None
-        self._remaining: float | None = None
-        self._prepared = False
-        self._started = 0.0
         self._ended = False
+        self._deadline: Deadline | None = None
         self._doomed: LambdaDbError | None = None
         #: The SQLAlchemy transactions joined into this invocation's and still open,
         #: innermost last (``lambda_db.sqlalchemy``'s, made at its first one: ``None``).
         self.joined: list[Any] | None = None
+        # _started is set by __enter__; _remaining (the time left at the start, None
+        # without a context), _cutoff (when the watchdog cuts), _transport (the one armed)
+        # and _prepared (characteristics to undo) by _checkout, and read only after it.
 
     @property
     def autocommit(self) -> bool:
@@ -139,19 +132,11 @@ class Invocation:
 
     def __enter__(self) -> Invocation:
         db = self._db
+        self._started = db._clock()  # (before the scope is seen: a checkout reads it)
         with db._lock:
-            if self._ended:
-                raise LambdaDbError(
-                    "an invocation scope is used once: make a new one for each invocation "
-                    "(db.invocation(context))"
-                )
-            if db._scope is not None:
-                raise LambdaDbError(
-                    "Database.invocation() is not re-entrant: this Database already has an "
-                    "invocation in progress (stack with_connection once per Database)"
-                )
+            if self._ended or db._scope is not None:
+                raise _refused(self._ended)
             db._scope = self
-        self._started = db._clock()
         db.stats.invocations += 1
         return self
 
@@ -183,10 +168,15 @@ class Invocation:
         deadline = self._deadline
         if deadline is None:
             db = self._db
-            if self._remaining is None:
-                self._remaining = remaining_seconds(self._context)
+            try:
+                remaining = self._remaining
+            except AttributeError:  # not checked out yet: ask the context
+                remaining = remaining_seconds(self._context)
             deadline = self._deadline = Deadline.start(
-                db.settings, remaining=self._remaining, clock=db._clock, started=self._started
+                db.settings,
+                remaining=remaining,
+                clock=db._clock,
+                started=getattr(self, "_started", None),  # (None: not entered, from now)
             )
         return deadline
 
@@ -208,12 +198,12 @@ class Invocation:
             conn = self.conn
             if conn is not None:  # another thread checked it out first
                 return conn
-            clock = db._clock
-            now = clock()
+            now = db._clock()
             settings = db._settings or db.settings
             left_ms = getattr(self._context, "get_remaining_time_in_millis", None)
-            cutoff = None
-            if left_ms is not None:
+            if left_ms is None:
+                self._remaining = cutoff = None
+            else:
                 # The time left now: the same Lambda deadline as at the invocation's start.
                 left = left_ms() / 1000.0
                 remaining = self._remaining = left + (now - self._started)
@@ -222,7 +212,7 @@ class Invocation:
                     margin = remaining * 0.25
                     if margin > DEFAULT_DEADLINE_MARGIN:
                         margin = DEFAULT_DEADLINE_MARGIN
-                cutoff = self._cutoff = now + left - margin / 2
+                cutoff = now + left - margin / 2
                 if now >= cutoff:
                     raise DatabaseUnavailableError(
                         "no time left to use the database: the invocation's deadline "
@@ -230,21 +220,22 @@ class Invocation:
                         "timeout) has passed",
                         budget=cutoff - self._started,
                     )
+            self._cutoff = cutoff
             conn = db._conn
+            stats = db.stats
             if conn is None or self._options is not None or not healthy(db, conn, now):
                 conn = acquire(db, self.deadline, fresh=True)  # the full checks, or a new one
                 self._prepared = self._prepare(conn)
             else:
-                db.stats.reuses += 1  # the warm path: nothing to check, nothing to set
-            self._driver = db._driver
-            db.stats.checkouts += 1
-            if cutoff is not None:
+                self._prepared = False
+                stats.reuses += 1  # the warm path: nothing to check, nothing to set
+            stats.checkouts += 1
+            if cutoff is None:
+                self._transport = None
+            else:
                 transport = self._transport = db._transport
                 assert transport is not None  # set together with the connection
-                WATCHDOG.arm(
-                    transport,
-                    cutoff if clock is time.monotonic else time.monotonic() + (cutoff - now),
-                )
+                WATCHDOG.arm(transport, cutoff if db._monotonic else db._to_monotonic(cutoff))
                 if settings.local_statement_timeout and not self.autocommit:
                     # Opt-in, for direct connections: SET LOCAL pins RDS Proxy.
                     try:
@@ -273,3 +264,16 @@ class Invocation:
     def __repr__(self) -> str:
         state = "checked out" if self.conn is not None else "not using the database"
         return f"<Invocation {state}>"
+
+
+def _refused(ended: bool) -> LambdaDbError:
+    """The error for a scope entered twice, or while another is in progress."""
+    if ended:
+        return LambdaDbError(
+            "an invocation scope is used once: make a new one for each invocation "
+            "(db.invocation(context))"
+        )
+    return LambdaDbError(
+        "Database.invocation() is not re-entrant: this Database already has an invocation "
+        "in progress (stack with_connection once per Database)"
+    )

@@ -48,7 +48,7 @@ from psycopg import IsolationLevel
 from psycopg.conninfo import make_conninfo
 from psycopg.waiting import Ready, Wait
 
-from lambda_db._driver import CLOSED, CONFIGURED, IDLE, ErrorInfo
+from lambda_db._driver import AT_DEFAULTS, IDLE, ErrorInfo
 
 __all__ = ["PSYCOPG", "ConnectTimeout", "PsycopgDriver", "parse_isolation_level"]
 
@@ -119,19 +119,9 @@ class PsycopgDriver:
         return conn.closed
 
     status = operator.attrgetter("pgconn.transaction_status")
-
-    def state(self, conn: psycopg.Connection[Any]) -> int:
-        if conn.closed:
-            return CLOSED
-        status = int(conn.pgconn.transaction_status)
-        if status == IDLE and (
-            conn.autocommit
-            or conn.isolation_level is not None
-            or conn.read_only is not None
-            or conn.deferrable is not None
-        ):
-            return CONFIGURED
-        return status
+    session = operator.attrgetter(
+        "closed", "autocommit", "isolation_level", "read_only", "deferrable"
+    )
 
     def fileno(self, conn: psycopg.Connection[Any]) -> int:
         return conn.fileno()
@@ -174,8 +164,8 @@ class PsycopgDriver:
         return changed
 
     def prepare_default(self, conn: psycopg.Connection[Any]) -> bool:
-        if self.state(conn) != CONFIGURED:
-            return False
+        if self.session(conn) == AT_DEFAULTS or self.status(conn) != IDLE:
+            return False  # at the defaults; or closed (UNKNOWN), or in a transaction
         return self.prepare(
             conn, autocommit=False, isolation_level=None, readonly=None, deferrable=None
         )

@@ -31,7 +31,7 @@ from typing import Any, Final
 import psycopg2
 import psycopg2.extensions as ext
 
-from lambda_db._driver import CLOSED, CONFIGURED, IDLE, ErrorInfo
+from lambda_db._driver import AT_DEFAULTS, IDLE, ErrorInfo
 
 __all__ = ["PSYCOPG2", "ConnectTimeout", "Psycopg2Driver"]
 
@@ -68,19 +68,9 @@ class Psycopg2Driver:
         return bool(conn.closed)
 
     status = operator.methodcaller("get_transaction_status")
-
-    def state(self, conn: ext.connection) -> int:
-        if conn.closed:
-            return CLOSED
-        status: int = conn.get_transaction_status()
-        if status == IDLE and (
-            conn.autocommit
-            or conn.isolation_level is not None
-            or conn.readonly is not None
-            or conn.deferrable is not None
-        ):
-            return CONFIGURED
-        return status
+    session = operator.attrgetter(
+        "closed", "autocommit", "isolation_level", "readonly", "deferrable"
+    )
 
     def fileno(self, conn: ext.connection) -> int:
         return int(conn.fileno())
@@ -146,16 +136,11 @@ class Psycopg2Driver:
         return changed
 
     def prepare_default(self, conn: ext.connection) -> bool:
-        if (
-            conn.autocommit
-            or conn.isolation_level is not None
-            or conn.readonly is not None
-            or conn.deferrable is not None
-        ):
-            return self.prepare(
-                conn, autocommit=False, isolation_level=None, readonly=None, deferrable=None
-            )
-        return False
+        if self.session(conn) == AT_DEFAULTS or conn.get_transaction_status() != IDLE:
+            return False  # at the defaults; or closed (UNKNOWN), or in a transaction
+        return self.prepare(
+            conn, autocommit=False, isolation_level=None, readonly=None, deferrable=None
+        )
 
     def set_local_statement_timeout(self, conn: ext.connection, milliseconds: int) -> None:
         with conn.cursor() as cur:

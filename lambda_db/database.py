@@ -79,6 +79,8 @@ class Database:
         self._provider = provider
         self._driver: Driver | None = None
         self._clock = clock
+        #: The clock is the watchdog's (``time.monotonic``): cutoffs need no conversion.
+        self._monotonic = clock is time.monotonic
         self._sleep = sleep
         self._backoff = backoff or Backoff()
         self._metrics = metrics
@@ -184,6 +186,10 @@ class Database:
                 now = self._clock()
             self._last_used = now
             return conn  # type: ignore[no-any-return]
+
+    def _to_monotonic(self, at: float) -> float:
+        """``at`` on the injected clock, as a ``time.monotonic()`` time (the watchdog's)."""
+        return time.monotonic() + (at - self._clock())
 
     def discard(self, reason: str) -> None:
         """Close and forget the connection (``reason`` goes to a WARNING)."""

@@ -220,9 +220,23 @@ def with_connection(
         )
 
     def decorate(func: Handler) -> Handler:
+        if inject is None and not retry_serialization_failures:
+            # The common case, written for the warm path: nothing to inject, nothing to retry.
+            @functools.wraps(func)
+            def plain(event: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
+                db = database or _default or default_database()
+                joined = db._scope
+                if joined is not None:  # see wrapper's
+                    check_joinable(joined, options)
+                    return func(event, context, *args, **kwargs)
+                with Invocation(db, context, options):
+                    return func(event, context, *args, **kwargs)
+
+            return plain  # type: ignore[return-value]
+
         @functools.wraps(func)
         def wrapper(event: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
-            db = database or default_database()
+            db = database or _default or default_database()
             joined = db._scope
             if joined is not None:
                 # Inside another scope on this Database (lambda_db.sqlalchemy.with_session
