@@ -1,7 +1,7 @@
 """How an invocation ends: ``COMMIT``, ``ROLLBACK``, or the typed error that says what happened.
 
-:class:`~lambda_db._invocation.Invocation` decides *that* the invocation is over (its
-``__exit__``); :func:`end` decides *how*, for a scope that checked a connection out:
+:func:`leave` is :class:`~lambda_db._invocation.Invocation`'s ``__exit__``: it decides
+*how* the invocation ends, for a scope that checked a connection out:
 
 * the handler returned: ``COMMIT`` (psycopg2 sent ``BEGIN`` before the first statement);
 * it raised: ``ROLLBACK``, and its exception propagates unchanged;
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from lambda_db._classify import brief, disconnected, driver_error
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from lambda_db._invocation import Invocation
     from lambda_db.database import Database
 
-__all__ = ["end", "on_left_open"]
+__all__ = ["leave", "on_left_open"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,30 @@ def on_left_open(hook: Callable[[Invocation, Any], None]) -> None:
     _left_open = hook
 
 
-def end(scope: Invocation, exc: BaseException | None) -> None:
-    """End ``scope``, which checked a connection out; ``exc``: what the handler raised."""
-    db, conn, transport = scope._db, scope.conn, scope._transport
+def leave(
+    scope: Invocation,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: TracebackType | None,
+) -> None:
+    """``Invocation.__exit__``: end ``scope``; ``exc``: what the handler raised.
+
+    Nothing to do for a handler that never used the database. Otherwise ``COMMIT``,
+    ``ROLLBACK`` or the typed error, as the module's docstring says; in every case the
+    watchdog is disarmed and the scope is over (``db.current`` is ``None``) on return.
+    """
+    db = scope._db
+    conn = scope.conn
+    if conn is None:
+        with db._lock:  # a checkout in another thread finishes first, and is ended here
+            scope._ended = True
+            conn = scope.conn
+        if conn is None:
+            db._scope = None
+            return
+    else:
+        scope._ended = True  # (a checkout sets conn last: none is in progress)
+    transport = scope._transport
     driver = db._driver
     assert driver is not None  # resolved before the connection was opened
     now = db._last_used = db._clock()  # (idle from now on: the ping's clock)
@@ -97,11 +119,14 @@ def end(scope: Invocation, exc: BaseException | None) -> None:
             raise typed from error
         db.stats.commits += 1
     finally:
-        if transport is not None and WATCHDOG.disarm(transport) and db._conn is conn:
-            # Cut at the cutoff just after the last round trip completed.
-            db.discard("the deadline passed as the invocation ended")
-        elif scope._prepared and db._conn is conn and not driver.closed(conn):
-            driver.prepare_default(conn)
+        try:
+            if transport is not None and WATCHDOG.disarm(transport) and db._conn is conn:
+                # Cut at the cutoff just after the last round trip completed.
+                db.discard("the deadline passed as the invocation ended")
+            elif scope._prepared and db._conn is conn and not driver.closed(conn):
+                driver.prepare_default(conn)
+        finally:
+            db._scope = None  # (one store: a get_connection() that sees it then locks)
 
 
 def _end_left_open(scope: Invocation, conn: Any) -> None:

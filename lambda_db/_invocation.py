@@ -19,12 +19,11 @@ Example::
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from lambda_db._checks import acquire, healthy
 from lambda_db._deadline import Deadline, LambdaContext, remaining_seconds
-from lambda_db._ending import end
+from lambda_db._ending import leave
 from lambda_db._options import Options
 from lambda_db._watchdog import WATCHDOG
 from lambda_db.config import DEFAULT_DEADLINE_MARGIN
@@ -140,25 +139,9 @@ class Invocation:
         db.stats.invocations += 1
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        db = self._db
-        conn = self.conn
-        if conn is None:
-            with db._lock:  # a checkout in another thread finishes first, and is ended here
-                self._ended = True
-                conn = self.conn
-        else:
-            self._ended = True  # (a checkout sets conn last: none is in progress)
-        try:
-            if conn is not None:
-                end(self, exc)
-        finally:
-            db._scope = None  # (one store: a get_connection() that sees it then locks)
+    #: Ending the scope is :mod:`lambda_db._ending`'s: ``COMMIT``, ``ROLLBACK`` or the typed
+    #: error (one function, no call of its own: the warm path ends here).
+    __exit__ = leave
 
     # -- the connection -----------------------------------------------------------------
 
