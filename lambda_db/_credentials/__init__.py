@@ -6,9 +6,13 @@ The three modes (``DB_AUTH_MODE``), one module each; :func:`make_provider` picks
 * ``secret``: an RDS secret in Secrets Manager (``secret.py``; imports botocore lazily);
 * ``iam``: an RDS IAM auth token minted locally (``iam.py``; imports botocore lazily).
 
-``base.py`` holds :class:`Credentials` and the provider protocol, ``_aws.py`` what the
-two AWS modes share. No module here imports this one: the imports go one way, from the
-modes to ``base.py`` and ``_aws.py``.
+``base.py`` holds :class:`Credentials` and the provider protocol, ``_budget.py`` the
+arithmetic of a bounded fetch. What the two AWS modes share: ``_aws.py`` (the botocore
+session and clients), ``_aws_errors.py`` (how failures are classified and told) and
+``_quiet.py`` (botocore's loggers muted while secrets are in flight). Each mode's own
+helper: ``_secret_value.py`` (a secret's JSON value checked) and ``_iam_token.py`` (the
+SigV4 signing of a token). No module here imports this one or a mode: the imports go one
+way, from the modes to ``base.py`` and the private helpers.
 """
 
 from __future__ import annotations

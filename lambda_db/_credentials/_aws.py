@@ -1,6 +1,5 @@
 """What the two AWS modes share on botocore's side: one session per provider with a bounded
-container credentials read, clients per pair of timeouts, how failures are classified and
-told, and botocore loggers kept quiet while secrets are in flight.
+container credentials read, and clients per pair of timeouts.
 
 Reading a secret (``secret`` mode) and reading AWS credentials from the container
 credentials endpoint (Lambda SnapStart, both modes) are network calls made while an
@@ -15,11 +14,11 @@ the attempts within its budget (``lambda_db._credentials._budget``):
   timeouts; and clients per pair of timeouts, with botocore's retries off (a client from
   a loaded session costs about 1 ms; a new ``boto3.Session`` per client about 35 ms,
   measured);
-* :func:`aws_errors`, :func:`is_transient` and :func:`failure_reason` say which failures
-  an attempt catches, which of them waiting may cure, and how to tell them (never with a
-  secret);
-* :func:`muted_loggers` keeps botocore's DEBUG lines about signatures and response bodies
-  out of the logs.
+* :func:`container_endpoint` names the URL that container provider calls, for messages.
+
+What else the two modes share has a module of its own: which failures an attempt catches,
+which of them waiting may cure, and how to tell them (``_aws_errors.py``); botocore's
+DEBUG lines about signatures and response bodies kept out of the logs (``_quiet.py``).
 
 botocore is imported inside functions only: ``import lambda_db`` loads no AWS library.
 
@@ -32,115 +31,22 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from lambda_db._credentials._budget import Bounds, BudgetSpent
+from lambda_db._credentials._budget import Bounds
+from lambda_db._credentials._quiet import SENSITIVE_LOGGERS, muted_loggers
 
-__all__ = [
-    "SENSITIVE_LOGGERS",
-    "AwsSession",
-    "aws_errors",
-    "container_endpoint",
-    "failure_reason",
-    "is_transient",
-    "muted_loggers",
-]
+__all__ = ["AwsSession", "container_endpoint"]
 
 logger = logging.getLogger(__name__)
-
-#: botocore loggers that print signing material (canonical request with the session
-#: token, string to sign, signature) or response bodies (a secret's value) at DEBUG;
-#: ``botocore.utils`` prints a container credentials answer it cannot parse.
-SENSITIVE_LOGGERS = ("botocore.auth", "botocore.parsers", "botocore.endpoint", "botocore.utils")
-
-#: AWS error codes that waiting can cure.
-TRANSIENT_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequestsException",
-        "InternalServiceError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
 
 _FULL_URI = "AWS_CONTAINER_CREDENTIALS_FULL_URI"
 _RELATIVE_URI = "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
 _CONTAINER_HOST = "http://169.254.170.2"
-
-
-def aws_errors() -> tuple[type[Exception], ...]:
-    """What an attempt catches: botocore's errors, AWS's answers, a spent budget, and the
-    ``ValueError`` botocore raises for a container credentials URL or token it refuses.
-    Anything else is not an AWS failure and propagates unchanged.
-
-    >>> BudgetSpent in aws_errors()
-    True
-    """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return (BotoCoreError, ClientError, BudgetSpent, ValueError)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when waiting may cure ``exc`` (a timeout, a refused or reset connection, a
-    failed credentials read, throttling, a server error); False for what will not change
-    by itself (access denied, no such secret, no region, no credentials).
-
-    >>> from botocore.exceptions import NoRegionError, ReadTimeoutError
-    >>> is_transient(ReadTimeoutError(endpoint_url="https://x")), is_transient(NoRegionError())
-    (True, False)
-    """
-    from botocore.exceptions import (
-        ClientError,
-        ConnectionError,
-        CredentialRetrievalError,
-        HTTPClientError,
-        MetadataRetrievalError,
-    )
-
-    if isinstance(exc, ClientError):
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return code in TRANSIENT_CODES or int(status or 0) >= 500
-    transient = (
-        BudgetSpent,
-        ConnectionError,
-        HTTPClientError,
-        CredentialRetrievalError,
-        MetadataRetrievalError,
-    )
-    return isinstance(exc, transient)
-
-
-def failure_reason(exc: BaseException | None) -> str:
-    """A short account of why an AWS call failed: the error code or botocore's message.
-
-    Neither holds a secret: botocore's messages name the URL and what went wrong, and a
-    secret's value travels only in a successful answer.
-
-    >>> from botocore.exceptions import ReadTimeoutError
-    >>> failure_reason(ReadTimeoutError(endpoint_url="http://127.0.0.1:9/"))
-    'ReadTimeoutError: Read timeout on endpoint URL: "http://127.0.0.1:9/"'
-    """
-    if exc is None:
-        return "no attempt could start"
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": ")
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def container_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
@@ -297,46 +203,3 @@ class AwsSession:
             resolver.remove("container-role")
             self._session = session
         return self._session
-
-
-# -- quiet loggers -------------------------------------------------------------------------
-
-
-class _MuteFilter(logging.Filter):
-    """Drops every record while the current thread is inside :func:`muted_loggers`."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.local = threading.local()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(self.local, "depth", 0)
-
-
-_MUTE = _MuteFilter()
-
-
-@contextlib.contextmanager
-def muted_loggers(*names: str) -> Iterator[None]:
-    """Silence the named loggers in this thread for the duration of the block.
-
-    botocore logs the canonical request (with ``X-Amz-Security-Token``) and the
-    signature from ``botocore.auth``, and every response body from ``botocore.parsers``,
-    at DEBUG. Signing a token or reading a secret must not end up in a log, whatever
-    level the function runs at. Other threads and other loggers are unaffected.
-
-    Example::
-
-        >>> with muted_loggers("botocore.parsers"):
-        ...     logging.getLogger("botocore.parsers").warning("not shown")
-    """
-    for name in names:
-        target = logging.getLogger(name)
-        if _MUTE not in target.filters:
-            target.addFilter(_MUTE)
-    local = _MUTE.local
-    local.depth = getattr(local, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        local.depth -= 1

@@ -4,11 +4,12 @@ A token is a SigV4 presigned URL for service ``rds-db``::
 
     HOST:PORT/?Action=connect&DBUser=USER&X-Amz-Algorithm=...&X-Amz-Expires=900&X-Amz-Signature=...
 
-It is computed with botocore's query signer and the credentials of botocore's chain
-(environment variables in Lambda, the container endpoint under SnapStart). No RDS client
-is created: ``boto3.client("rds")`` loads the RDS service model, which is most of the cold
-start of the usual ``generate_db_auth_token`` path. The result is byte-identical to
-``boto3.client("rds").generate_db_auth_token(...)`` (a test keeps it so).
+It is computed with botocore's query signer (``_iam_token.py``) and the credentials of
+botocore's chain (environment variables in Lambda, the container endpoint under
+SnapStart). No RDS client is created: ``boto3.client("rds")`` loads the RDS service
+model, which is most of the cold start of the usual ``generate_db_auth_token`` path.
+The result is byte-identical to ``boto3.client("rds").generate_db_auth_token(...)`` (a
+test keeps it so).
 
 The token is checked only when a connection is opened, so an open connection outlives it:
 the provider is asked for credentials only by the connect loop and never on the warm path.
@@ -28,11 +29,12 @@ the current AWS credentials when a refresh fails in its advisory window (15 to 1
 before they expire), so what reaches us is a first read (no credentials to fall back on)
 or a failure in the mandatory window (credentials about to expire).
 
-botocore is imported here, lazily, on the first :meth:`~IamTokenProvider.get`; never by
+botocore is imported lazily, on the first :meth:`~IamTokenProvider.get`; never by
 ``import lambda_db``. The token travels only as the ``password`` of
 :class:`~lambda_db._credentials.base.Credentials` (``repr=False``) and is never logged:
 botocore's own DEBUG lines about the signature are muted while we sign
-(:func:`~lambda_db._credentials._aws.muted_loggers`).
+(:func:`~lambda_db._credentials._iam_token.sign_token`,
+:func:`~lambda_db._credentials._quiet.muted_loggers`).
 
 Example::
 
@@ -50,28 +52,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from lambda_db._credentials._aws import (
-    SENSITIVE_LOGGERS,
-    AwsSession,
-    aws_errors,
-    container_endpoint,
-    failure_reason,
-    is_transient,
-    muted_loggers,
-)
+from lambda_db._credentials._aws import AwsSession, container_endpoint
+from lambda_db._credentials._aws_errors import aws_errors, failure_reason, is_transient
 from lambda_db._credentials._budget import Attempts, Bounds, FailureMemory
+from lambda_db._credentials._iam_token import sign_token
 from lambda_db._credentials.base import Credentials
 from lambda_db.config import ENV_AWS_REGION, ENV_REGION, Settings
 from lambda_db.errors import ConfigurationError, DatabaseUnavailableError, LambdaDbError
 
-__all__ = ["IamTokenProvider", "sign_token"]
+__all__ = ["IamTokenProvider"]
 
 logger = logging.getLogger(__name__)
-
-#: The service name RDS IAM tokens are signed for.
-SERVICE = "rds-db"
 
 
 class _AwsCredentials(NamedTuple):
@@ -274,35 +267,3 @@ class IamTokenProvider:
             f"check the function's role",
             budget=attempts.budget,
         ) from last
-
-
-def sign_token(
-    credentials: Any, *, host: str, port: int, user: str, region: str, expires: int = 900
-) -> str:
-    """An RDS IAM auth token: the SigV4 presigned ``connect`` URL without its scheme.
-
-    ``credentials`` is anything with ``access_key``, ``secret_key`` and ``token``
-    (botocore's ``ReadOnlyCredentials``). The same request as botocore's
-    ``generate_db_auth_token`` (``botocore/signers.py``): ``GET https://HOST:PORT/`` with
-    ``Action=connect&DBUser=USER``, signed for ``rds-db`` with ``X-Amz-Expires``.
-
-    Example::
-
-        >>> from collections import namedtuple
-        >>> c = namedtuple("C", "access_key secret_key token")("AKIDEXAMPLE", "s", None)
-        >>> sign_token(c, host="h", port=5432, user="u", region="us-east-1")[:47]
-        'h:5432/?Action=connect&DBUser=u&X-Amz-Algorithm'
-    """
-    from botocore.auth import SigV4QueryAuth
-    from botocore.awsrequest import AWSRequest
-
-    scheme = "https://"
-    request = AWSRequest(
-        method="GET",
-        url=f"{scheme}{host}:{port}/",
-        params={"Action": "connect", "DBUser": user},
-    )
-    with muted_loggers(*SENSITIVE_LOGGERS):
-        SigV4QueryAuth(credentials, SERVICE, region, expires=expires).add_auth(request)
-    url: str = request.prepare().url
-    return url[len(scheme) :]

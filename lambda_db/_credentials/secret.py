@@ -1,8 +1,9 @@
 """``DB_AUTH_MODE=secret``: the login from an RDS secret in Secrets Manager, with rotation.
 
 An RDS secret is JSON with ``username``, ``password`` and usually ``engine``, ``host``,
-``port``, ``dbname``. The secret names the login; the ``DB_*`` variables, when set, win
-for host, port and database (the connect layer merges them).
+``port``, ``dbname`` (decoded and checked by ``_secret_value.py``). The secret names the
+login; the ``DB_*`` variables, when set, win for host, port and database (the connect
+layer merges them).
 
 **Caching.** The value is reused for ``settings.secret_max_age`` seconds
 (``DB_SECRET_MAX_AGE``, default 300) on a monotonic clock. When the server refuses the
@@ -50,23 +51,17 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from lambda_db._credentials._aws import (
-    SENSITIVE_LOGGERS,
-    AwsSession,
-    aws_errors,
-    container_endpoint,
-    failure_reason,
-    is_transient,
-    muted_loggers,
-)
+from lambda_db._credentials._aws import AwsSession, container_endpoint
+from lambda_db._credentials._aws_errors import aws_errors, failure_reason, is_transient
 from lambda_db._credentials._budget import Attempts, Bounds, FailureMemory
+from lambda_db._credentials._quiet import SENSITIVE_LOGGERS, muted_loggers
+from lambda_db._credentials._secret_value import arn_region, decode_secret, parse_secret
 from lambda_db._credentials.base import Credentials
 from lambda_db.config import ENV_AWS_REGION, ENV_REGION, ENV_SECRET_ARN, Settings
 from lambda_db.errors import ConfigurationError, DatabaseUnavailableError
@@ -166,7 +161,7 @@ class SecretProvider:
                     budget=budget,
                 )
             try:
-                credentials = self._parse(self._fetch(budget))
+                credentials = parse_secret(self._arn, self._fetch(budget))
             except DatabaseUnavailableError as exc:
                 self._failures.remember(exc, at=self._clock())
                 if stale is None:
@@ -206,7 +201,7 @@ class SecretProvider:
             self._aws = AwsSession()
             self._failures.forget()
 
-    # -- fetching and parsing -------------------------------------------------------------
+    # -- fetching -------------------------------------------------------------------------
 
     def _bounds(self) -> Bounds:
         return Bounds(self.CONNECT_TIMEOUT, self.READ_TIMEOUT, self.MAX_ATTEMPTS,
@@ -240,31 +235,13 @@ class SecretProvider:
                     attempt, self._arn, where, attempts.elapsed(), failure_reason(exc),
                 )  # fmt: skip
                 continue
-            return self._decode(response)
+            return decode_secret(self._arn, response)
         raise DatabaseUnavailableError(
             f"could not read the secret {self._arn}: {where} failed "
             f"({failure_reason(last)}) on each of {attempts.summary()}. A function in a "
             f"VPC needs a NAT gateway or a Secrets Manager interface endpoint; retry later",
             budget=attempts.budget,
         ) from last
-
-    def _decode(self, response: Mapping[str, Any]) -> Any:
-        text = response.get("SecretString")
-        if not isinstance(text, str):
-            raise ConfigurationError(
-                f"the secret {self._arn} has no SecretString (a binary secret): "
-                f"{ENV_SECRET_ARN} must name an RDS secret",
-                variable=ENV_SECRET_ARN,
-            )
-        try:
-            return json.loads(text)
-        except ValueError:
-            # Not chained: a JSONDecodeError holds the whole text (.doc), the password too.
-            raise ConfigurationError(
-                f"the secret {self._arn} is not JSON: {ENV_SECRET_ARN} must name an RDS "
-                f'secret ({{"username": ..., "password": ..., "host": ...}})',
-                variable=ENV_SECRET_ARN,
-            ) from None
 
     def _own_client(self, bounds: Bounds, attempts: Attempts) -> Any:
         """Our Secrets Manager client for this attempt, AWS credentials read first (so that
@@ -281,7 +258,7 @@ class SecretProvider:
         return client
 
     def _region(self) -> str | None:
-        return _arn_region(self._arn) or self._settings.region
+        return arn_region(self._arn) or self._settings.region
 
     def _credentials_source(self) -> str:
         url = container_endpoint()
@@ -321,51 +298,3 @@ class SecretProvider:
             f"cannot read the secret {self._arn}: {where} failed ({failure_reason(cause)})",
             variable=ENV_SECRET_ARN,
         )
-
-    def _parse(self, value: Any) -> Credentials:
-        """Credentials from the decoded secret; the value never reaches a message."""
-        if not isinstance(value, Mapping):
-            raise ConfigurationError(
-                f"the secret {self._arn} is JSON but not an object: {ENV_SECRET_ARN} must "
-                f"name an RDS secret with username and password",
-                variable=ENV_SECRET_ARN,
-            )
-        missing = [k for k in ("username", "password") if not _nonempty_str(value.get(k))]
-        if missing:
-            raise ConfigurationError(
-                f"the secret {self._arn} has no {' or '.join(missing)} (string): "
-                f"{ENV_SECRET_ARN} must name an RDS secret",
-                variable=ENV_SECRET_ARN,
-            )
-        port = value.get("port")
-        try:
-            port_number = int(port) if port not in (None, "") else None
-        except (TypeError, ValueError):
-            raise ConfigurationError(
-                f"the secret {self._arn} has a port that is not an integer",
-                variable=ENV_SECRET_ARN,
-            ) from None
-        host, dbname = value.get("host"), value.get("dbname")
-        return Credentials(
-            user=value["username"],
-            password=value["password"],
-            host=host if _nonempty_str(host) else None,
-            port=port_number,
-            dbname=dbname if _nonempty_str(dbname) else None,
-        )
-
-
-def _nonempty_str(value: object) -> bool:
-    return isinstance(value, str) and bool(value)
-
-
-def _arn_region(arn: str) -> str | None:
-    """The region field of a Secrets Manager ARN (``None`` for a plain secret name).
-
-    >>> _arn_region("arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf")
-    'eu-west-1'
-    >>> _arn_region("prod/db") is None
-    True
-    """
-    parts = arn.split(":")
-    return parts[3] or None if arn.startswith("arn:") and len(parts) > 3 else None

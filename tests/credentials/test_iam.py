@@ -9,8 +9,9 @@ import boto3
 import botocore.auth
 import pytest
 
-from lambda_db._credentials._aws import muted_loggers
-from lambda_db._credentials.iam import IamTokenProvider, sign_token
+from lambda_db._credentials._iam_token import sign_token
+from lambda_db._credentials._quiet import muted_loggers
+from lambda_db._credentials.iam import IamTokenProvider
 from lambda_db.config import Settings
 from lambda_db.errors import ConfigurationError
 from tests.conftest import FakeClock
