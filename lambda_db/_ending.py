@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from lambda_db._classify import brief, disconnected, driver_error
 from lambda_db._driver import INERROR, Driver
-from lambda_db._watchdog import WATCHDOG
+from lambda_db._watchdog import disarm
 from lambda_db.errors import ConnectionLostError, DeadlineExceededError, LambdaDbError
 
 if TYPE_CHECKING:
@@ -77,7 +77,8 @@ def leave(
     transport = scope._transport
     driver = db._driver
     assert driver is not None  # resolved before the connection was opened
-    now = db._last_used = db._clock()  # (idle from now on: the ping's clock)
+    clock = db._clock  # (loaded, then called: see _checks.healthy)
+    now = db._last_used = clock()  # (idle from now on: the ping's clock)
     try:
         if transport is not None and transport.was_cut:
             # A driver error after the cut (itself, or the cause of what a library such
@@ -120,7 +121,7 @@ def leave(
         db.stats.commits += 1
     finally:
         try:
-            if transport is not None and WATCHDOG.disarm(transport) and db._conn is conn:
+            if transport is not None and disarm(transport) and db._conn is conn:
                 # Cut at the cutoff just after the last round trip completed.
                 db.discard("the deadline passed as the invocation ended")
             elif scope._prepared and db._conn is conn and not driver.closed(conn):

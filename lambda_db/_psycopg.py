@@ -40,7 +40,7 @@ import math
 import operator
 import select
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, Final
 
 import psycopg
@@ -118,10 +118,13 @@ class PsycopgDriver:
     def closed(self, conn: psycopg.Connection[Any]) -> bool:
         return conn.closed
 
-    status = operator.attrgetter("pgconn.transaction_status")
-    session = operator.attrgetter(
-        "closed", "autocommit", "isolation_level", "read_only", "deferrable"
-    )
+    def __init__(self) -> None:
+        # C-level callables, stored on the instance: the warm path's attribute loads of
+        # instance values are the ones CPython 3.11 specializes.
+        self.status: Callable[[Any], int] = operator.attrgetter("pgconn.transaction_status")
+        self.session: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(
+            "closed", "autocommit", "isolation_level", "read_only", "deferrable"
+        )
 
     def fileno(self, conn: psycopg.Connection[Any]) -> int:
         return conn.fileno()

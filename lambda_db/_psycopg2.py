@@ -25,7 +25,7 @@ import operator
 import select
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import psycopg2
@@ -67,10 +67,13 @@ class Psycopg2Driver:
     def closed(self, conn: ext.connection) -> bool:
         return bool(conn.closed)
 
-    status = operator.methodcaller("get_transaction_status")
-    session = operator.attrgetter(
-        "closed", "autocommit", "isolation_level", "readonly", "deferrable"
-    )
+    def __init__(self) -> None:
+        # C-level callables, stored on the instance: the warm path's attribute loads of
+        # instance values are the ones CPython 3.11 specializes.
+        self.status: Callable[[Any], int] = operator.methodcaller("get_transaction_status")
+        self.session: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(
+            "closed", "autocommit", "isolation_level", "readonly", "deferrable"
+        )
 
     def fileno(self, conn: ext.connection) -> int:
         return int(conn.fileno())
