@@ -52,7 +52,9 @@ def healthy(db: Database, conn: Any, now: float) -> bool:
         or now - db._last_used >= settings.idle_ping_after
     ):
         return False
-    # (Loaded first, then called: CPython 3.11 specializes these loads, not the calls'.)
+    # Loaded, then called: ``obj.attr(...)`` compiles to LOAD_METHOD, which CPython 3.11
+    # specializes only for functions defined on the class; a load of an instance value
+    # or a slot (LOAD_ATTR) is specialized.
     session, status, poll = driver.session, driver.status, transport.poll
     try:
         return (

@@ -81,7 +81,8 @@ class Driver(Protocol):
         """``status(conn)``: libpq's transaction status (:data:`IDLE`, :data:`INTRANS`, ...;
         :data:`UNKNOWN` once the connection is closed or bad); local, no round trip. An
         attribute rather than a method, so that a driver can make it a C-level callable
-        (``operator.methodcaller``): the end of every invocation asks it."""
+        (``operator.methodcaller``), stored on the instance: the end of every invocation
+        asks it."""
         ...
 
     @property

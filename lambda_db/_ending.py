@@ -1,7 +1,8 @@
 """How an invocation ends: ``COMMIT``, ``ROLLBACK``, or the typed error that says what happened.
 
 :func:`leave` is :class:`~lambda_db._invocation.Invocation`'s ``__exit__``: it decides
-*how* the invocation ends, for a scope that checked a connection out:
+*how* the invocation ends. A scope that never checked a connection out sends nothing; for
+one that did:
 
 * the handler returned: ``COMMIT`` (psycopg2 sent ``BEGIN`` before the first statement);
 * it raised: ``ROLLBACK``, and its exception propagates unchanged;
@@ -57,77 +58,80 @@ def leave(
     exc: BaseException | None,
     tb: TracebackType | None,
 ) -> None:
-    """``Invocation.__exit__``: end ``scope``; ``exc``: what the handler raised.
+    """``Invocation.__exit__``: end ``scope``; ``exc``: what the handler raised
+    (``exc_type`` and ``tb`` are not needed).
 
-    Nothing to do for a handler that never used the database. Otherwise ``COMMIT``,
-    ``ROLLBACK`` or the typed error, as the module's docstring says; in every case the
-    watchdog is disarmed and the scope is over (``db.current`` is ``None``) on return.
+    A handler that never used the database: nothing to send. Otherwise ``COMMIT``,
+    ``ROLLBACK`` or the typed error, as the module's docstring says. Whatever happens, on
+    return or raise, the watchdog is disarmed and the scope is over (``db.current`` is
+    ``None``).
     """
     db = scope._db
-    conn = scope.conn
-    if conn is None:
-        with db._lock:  # a checkout in another thread finishes first, and is ended here
-            scope._ended = True
-            conn = scope.conn
-        if conn is None:
-            db._scope = None
-            return
-    else:
-        scope._ended = True  # (a checkout sets conn last: none is in progress)
-    transport = scope._transport
-    driver = db._driver
-    assert driver is not None  # resolved before the connection was opened
-    clock = db._clock  # (loaded, then called: see _checks.healthy)
-    now = db._last_used = clock()  # (idle from now on: the ping's clock)
     try:
-        if transport is not None and transport.was_cut:
-            # A driver error after the cut (itself, or the cause of what a library such
-            # as SQLAlchemy raised): a statement was waiting for the server.
-            raise cut(scope, waiting=driver_error(exc, driver) is not None) from exc
-        if exc is not None:
-            if driver.closed(conn) or disconnected(driver_error(exc, driver)):
-                raise lost(db, exc, during="the invocation") from exc
-            rollback(scope, conn)
-            return
-        cutoff = scope._cutoff
-        if cutoff is not None and now >= cutoff:
-            raise cut(scope, waiting=False)
-        doomed = scope._doomed
-        if doomed is not None:  # the handler caught an error that forbids any commit
-            rollback(scope, conn)
-            raise doomed
-        status = driver.status(conn)
-        if status >= INERROR:  # (IDLE, ACTIVE, INTRANS below it)
-            if status == INERROR:
-                # The handler caught a database error and returned: nothing can commit.
-                logger.warning(
-                    "the handler returned with its transaction aborted by an earlier error; "
-                    "rolled back, nothing was committed"
-                )
+        conn = scope.conn
+        if conn is None:
+            with db._lock:  # a checkout in another thread finishes first, and is ended here
+                scope._ended = True
+                conn = scope.conn
+            if conn is None:
+                return
+        else:
+            scope._ended = True  # (a checkout sets conn last: none is in progress)
+        transport = scope._transport
+        driver = db._driver
+        assert driver is not None  # resolved before the connection was opened
+        try:
+            clock = db._clock  # (loaded, then called: see _checks.healthy)
+            now = db._last_used = clock()  # (idle from now on: the ping's clock)
+            if transport is not None and transport.was_cut:
+                # A driver error after the cut (itself, or the cause of what a library such
+                # as SQLAlchemy raised): a statement was waiting for the server.
+                raise cut(scope, waiting=driver_error(exc, driver) is not None) from exc
+            if exc is not None:
+                if driver.closed(conn) or disconnected(driver_error(exc, driver)):
+                    raise lost(db, exc, during="the invocation") from exc
                 rollback(scope, conn)
                 return
-            raise lost(db, None, during="the invocation")  # UNKNOWN: closed or bad (libpq)
-        during = "ROLLBACK TO SAVEPOINT"
-        try:
-            if scope.joined:  # SQLAlchemy transactions still open, or with_session's session
-                _end_left_open(scope, conn)
-            during = "COMMIT"
-            conn.commit()  # DB-API: nothing is sent when no transaction is open
-        except Exception as error:
-            typed = _typed(scope, conn, driver, error, during)
-            if typed is None:
-                raise
-            raise typed from error
-        db.stats.commits += 1
-    finally:
-        try:
+            cutoff = scope._cutoff
+            if cutoff is not None and now >= cutoff:
+                raise cut(scope, waiting=False)
+            doomed = scope._doomed
+            if doomed is not None:  # the handler caught an error that forbids any commit
+                rollback(scope, conn)
+                raise doomed
+            status_of = driver.status  # (loaded, then called: see _checks.healthy)
+            status = status_of(conn)
+            if status >= INERROR:  # (IDLE, ACTIVE, INTRANS below it)
+                if status == INERROR:
+                    # The handler caught a database error and returned: nothing can commit.
+                    logger.warning(
+                        "the handler returned with its transaction aborted by an earlier "
+                        "error; rolled back, nothing was committed"
+                    )
+                    rollback(scope, conn)
+                    return
+                # UNKNOWN: closed or bad (libpq's verdict)
+                raise lost(db, None, during="the invocation")
+            during = "ROLLBACK TO SAVEPOINT"
+            try:
+                if scope.joined:  # SQLAlchemy transactions open, or with_session's session
+                    _end_left_open(scope, conn)
+                during = "COMMIT"
+                conn.commit()  # DB-API: nothing is sent when no transaction is open
+            except Exception as error:
+                typed = _typed(scope, conn, driver, error, during)
+                if typed is None:
+                    raise
+                raise typed from error
+            db.stats.commits += 1
+        finally:
             if transport is not None and disarm(transport) and db._conn is conn:
                 # Cut at the cutoff just after the last round trip completed.
                 db.discard("the deadline passed as the invocation ended")
             elif scope._prepared and db._conn is conn and not driver.closed(conn):
                 driver.prepare_default(conn)
-        finally:
-            db._scope = None  # (one store: a get_connection() that sees it then locks)
+    finally:
+        db._scope = None  # (one store: a get_connection() that sees it then locks)
 
 
 def _end_left_open(scope: Invocation, conn: Any) -> None:

@@ -89,6 +89,15 @@ class PsycopgDriver:
 
     name = "psycopg"
 
+    def __init__(self) -> None:
+        # C-level callables (Driver.status, Driver.session) stored on the instance: the
+        # warm path loads them, then calls them, and CPython 3.11 specializes a load of an
+        # instance value (a method call on a class attribute it does not).
+        self.status: Callable[[Any], int] = operator.attrgetter("pgconn.transaction_status")
+        self.session: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(
+            "closed", "autocommit", "isolation_level", "read_only", "deferrable"
+        )
+
     def connect(self, params: dict[str, Any], *, timeout: float) -> psycopg.Connection[Any]:
         deadline = time.monotonic() + timeout
         # Called with the conninfo alone: 3.2-3.3.4 also took a ``timeout`` here, 3.3.5+ moved
@@ -117,14 +126,6 @@ class PsycopgDriver:
 
     def closed(self, conn: psycopg.Connection[Any]) -> bool:
         return conn.closed
-
-    def __init__(self) -> None:
-        # C-level callables, stored on the instance: the warm path's attribute loads of
-        # instance values are the ones CPython 3.11 specializes.
-        self.status: Callable[[Any], int] = operator.attrgetter("pgconn.transaction_status")
-        self.session: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(
-            "closed", "autocommit", "isolation_level", "read_only", "deferrable"
-        )
 
     def fileno(self, conn: psycopg.Connection[Any]) -> int:
         return conn.fileno()

@@ -47,6 +47,15 @@ class Psycopg2Driver:
 
     name = "psycopg2"
 
+    def __init__(self) -> None:
+        # C-level callables (Driver.status, Driver.session) stored on the instance: the
+        # warm path loads them, then calls them, and CPython 3.11 specializes a load of an
+        # instance value (a method call on a class attribute it does not).
+        self.status: Callable[[Any], int] = operator.methodcaller("get_transaction_status")
+        self.session: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(
+            "closed", "autocommit", "isolation_level", "readonly", "deferrable"
+        )
+
     def connect(self, params: dict[str, Any], *, timeout: float) -> ext.connection:
         with _connect_guard(time.monotonic() + timeout):
             conn: ext.connection = psycopg2.connect(**params)
@@ -66,14 +75,6 @@ class Psycopg2Driver:
 
     def closed(self, conn: ext.connection) -> bool:
         return bool(conn.closed)
-
-    def __init__(self) -> None:
-        # C-level callables, stored on the instance: the warm path's attribute loads of
-        # instance values are the ones CPython 3.11 specializes.
-        self.status: Callable[[Any], int] = operator.methodcaller("get_transaction_status")
-        self.session: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(
-            "closed", "autocommit", "isolation_level", "readonly", "deferrable"
-        )
 
     def fileno(self, conn: ext.connection) -> int:
         return int(conn.fileno())

@@ -230,7 +230,9 @@ def with_connection(
                 if joined is not None:  # see wrapper's
                     check_joinable(joined, options)
                     return func(event, context, *args, **kwargs)
-                # ``with Invocation(...):`` spelled out (half the cost in CPython 3.11).
+                # ``with Invocation(...):`` spelled out: CPython 3.11 looks both special
+                # methods up, binds __exit__ and calls __enter__ through C each time; the
+                # bare protocol measured ~365 ns with ``with``, ~180 ns like this (timeit).
                 scope = Invocation(db, context, options)
                 scope.__enter__()
                 try:

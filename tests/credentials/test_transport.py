@@ -50,6 +50,7 @@ class _Driver(Psycopg2Driver):
     """psycopg2's driver with ``connect`` replaced by the test's callable."""
 
     def __init__(self, connect: Any) -> None:
+        super().__init__()
         self._connect = connect
 
     def connect(self, params: dict[str, Any], *, timeout: float) -> Any:

@@ -27,6 +27,7 @@ class Refusing(Psycopg2Driver):
     ``failures`` times in all), then returns a sentinel."""
 
     def __init__(self, *messages: str, failures: int = 10**6) -> None:
+        super().__init__()
         self.messages = messages
         self.failures = failures
         self.calls: list[dict[str, Any]] = []
