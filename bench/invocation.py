@@ -71,75 +71,89 @@ def _table(pg: LocalPostgres, role: str, dbname: str) -> None:
 
 
 @contextmanager
-def _handlers(kwargs: Mapping[str, Any], app: str) -> Iterator[dict[str, Handler]]:
+def _handlers(
+    kwargs: Mapping[str, Any], app: str, only: str | None = None
+) -> Iterator[dict[str, Handler]]:
     """The five handlers on ``kwargs`` (psycopg2 connect arguments), each with an
-    ``application_name`` of ``app`` plus its pattern, warm; closed afterwards."""
-    import sqlalchemy
-    from psycopg_pool import ConnectionPool
+    ``application_name`` of ``app`` plus its pattern, warm; closed afterwards. ``only``:
+    build that pattern alone (no other pool's threads run beside it: callgrind counts
+    every thread)."""
 
     def named(pattern: str) -> dict[str, Any]:
         return {**kwargs, "application_name": f"{app}-{pattern}"}
 
+    wanted = set(PATTERNS) if only is None else {only}
+    handlers: dict[str, Handler] = {}
     with ExitStack() as stack:
-        naive_conn = psycopg2.connect(**named("naive"))
-        stack.callback(naive_conn.close)
+        if NAIVE in wanted:
+            naive_conn = psycopg2.connect(**named("naive"))
+            stack.callback(naive_conn.close)
 
-        def naive(event: Any, context: Any) -> None:
-            with naive_conn, naive_conn.cursor() as cur:
-                cur.execute(INSERT, (1,))
+            def naive(event: Any, context: Any) -> None:
+                with naive_conn, naive_conn.cursor() as cur:
+                    cur.execute(INSERT, (1,))
 
-        settings = lambda_db.Settings(
-            host=kwargs["host"], port=int(kwargs["port"]), dbname=kwargs["dbname"],
-            user=kwargs["user"], password=kwargs["password"], sslmode="disable",
-            application_name=f"{app}-lambda-db",
-        )  # fmt: skip
-        db = lambda_db.Database(settings)
-        stack.callback(db.close)
+            handlers[NAIVE] = naive
 
-        @lambda_db.with_connection(database=db)
-        def ours(event: Any, context: Any) -> None:
-            with db.get_connection().cursor() as cur:
-                cur.execute(INSERT, (1,))
+        if wanted & {OURS, OURS_AUTOCOMMIT}:
+            settings = lambda_db.Settings(
+                host=kwargs["host"], port=int(kwargs["port"]), dbname=kwargs["dbname"],
+                user=kwargs["user"], password=kwargs["password"], sslmode="disable",
+                application_name=f"{app}-lambda-db",
+            )  # fmt: skip
+            db = lambda_db.Database(settings)
+            stack.callback(db.close)
 
-        @lambda_db.with_connection(database=db, autocommit=True)
-        def ours_autocommit(event: Any, context: Any) -> None:
-            with db.get_connection().cursor() as cur:
-                cur.execute(INSERT, (1,))
+            @lambda_db.with_connection(database=db)
+            def ours(event: Any, context: Any) -> None:
+                with db.get_connection().cursor() as cur:
+                    cur.execute(INSERT, (1,))
 
-        engine = sqlalchemy.create_engine(
-            "postgresql+psycopg2://",
-            creator=lambda: psycopg2.connect(**named("sqlalchemy")),
-            pool_size=1,
-            max_overflow=0,
-            pool_pre_ping=True,
-        )
-        stack.callback(engine.dispose)
-        statement = sqlalchemy.text("INSERT INTO bench_items (v) VALUES (:v)")
+            @lambda_db.with_connection(database=db, autocommit=True)
+            def ours_autocommit(event: Any, context: Any) -> None:
+                with db.get_connection().cursor() as cur:
+                    cur.execute(INSERT, (1,))
 
-        def with_sqlalchemy(event: Any, context: Any) -> None:
-            with engine.begin() as conn:
-                conn.execute(statement, {"v": 1})
+            handlers[OURS], handlers[OURS_AUTOCOMMIT] = ours, ours_autocommit
 
-        params = named("psycopg-pool")
-        params.pop("connect_timeout", None)
-        conninfo = " ".join(f"{k}={v}" for k, v in params.items())
-        pool = ConnectionPool(
-            conninfo, min_size=1, max_size=1, check=ConnectionPool.check_connection, open=True
-        )
-        stack.callback(pool.close)
-        pool.wait()
+        if SQLALCHEMY in wanted:
+            import sqlalchemy
 
-        def with_pool(event: Any, context: Any) -> None:
-            with pool.connection() as conn:
-                conn.execute("INSERT INTO bench_items (v) VALUES (%s)", (1,))
+            engine = sqlalchemy.create_engine(
+                "postgresql+psycopg2://",
+                creator=lambda: psycopg2.connect(**named("sqlalchemy")),
+                pool_size=1,
+                max_overflow=0,
+                pool_pre_ping=True,
+            )
+            stack.callback(engine.dispose)
+            statement = sqlalchemy.text("INSERT INTO bench_items (v) VALUES (:v)")
 
-        handlers: dict[str, Handler] = {
-            NAIVE: naive,
-            OURS: ours,
-            OURS_AUTOCOMMIT: ours_autocommit,
-            SQLALCHEMY: with_sqlalchemy,
-            PSYCOPG_POOL: with_pool,
-        }
+            def with_sqlalchemy(event: Any, context: Any) -> None:
+                with engine.begin() as conn:
+                    conn.execute(statement, {"v": 1})
+
+            handlers[SQLALCHEMY] = with_sqlalchemy
+
+        if PSYCOPG_POOL in wanted:
+            from psycopg_pool import ConnectionPool
+
+            params = named("psycopg-pool")
+            params.pop("connect_timeout", None)
+            conninfo = " ".join(f"{k}={v}" for k, v in params.items())
+            pool = ConnectionPool(
+                conninfo, min_size=1, max_size=1, check=ConnectionPool.check_connection, open=True
+            )
+            stack.callback(pool.close)
+            pool.wait()
+
+            def with_pool(event: Any, context: Any) -> None:
+                with pool.connection() as conn:
+                    conn.execute("INSERT INTO bench_items (v) VALUES (%s)", (1,))
+
+            handlers[PSYCOPG_POOL] = with_pool
+
+        handlers = {p: handlers[p] for p in PATTERNS if p in handlers}  # the table's order
         for handler in handlers.values():  # warm: each has its one connection open
             handler({}, LambdaContext(timeout=30.0))
         yield handlers
@@ -271,7 +285,9 @@ def _ping_handler(conn: Any) -> Handler:
 
 def cpu(kwargs: Mapping[str, Any], *, rounds: int, calls: int) -> dict[str, Any]:
     """CPU µs per warm invocation (every thread of the process), medians of interleaved
-    batches, and each pattern's ratio to the naive one."""
+    batches, and each pattern's ratio to the naive one: the median of the rounds' own
+    ratios, each batch against the naive batch of its round (a shared machine's load drifts
+    between rounds, and a ratio of two medians taken from different rounds carries it)."""
     samples: dict[str, list[float]] = {p: [] for p in PATTERNS}
     with _handlers(kwargs, "cpu") as handlers:
         contexts = [LambdaContext(timeout=900.0) for _ in range(calls)]
@@ -283,24 +299,30 @@ def cpu(kwargs: Mapping[str, Any], *, rounds: int, calls: int) -> dict[str, Any]
                     handler({}, context)
                 samples[pattern].append((time.process_time() - start) / calls * 1e6)
     medians = {p: statistics.median(v) for p, v in samples.items()}
+    naive = samples[NAIVE]
     return {
         "rounds": rounds,
         "calls_per_round": calls,
         "cpu_us": medians,
-        "ratio_to_naive": {p: m / medians[NAIVE] for p, m in medians.items()},
+        "ratio_to_naive": {
+            p: statistics.median(x / n for x, n in zip(v, naive, strict=True))
+            for p, v in samples.items()
+        },
+        "ratio_of_medians": {p: m / medians[NAIVE] for p, m in medians.items()},
     }
 
 
 def instructions(kwargs: Mapping[str, Any], *, calls: int) -> dict[str, Any] | None:
     """Instructions per warm invocation under callgrind (``None`` without valgrind): each
-    pattern runs ``calls`` and ``5 * calls`` invocations in two processes; the difference
-    over ``4 * calls`` leaves out the start-up and the warm-up."""
+    pattern runs ``calls`` and ``5 * calls`` invocations in two processes, both making
+    ``5 * calls`` contexts first; the difference over ``4 * calls`` leaves out the
+    start-up, the warm-up and the test harness's contexts: the handler's own cost."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         return None
     counts: dict[str, float] = {}
     for pattern in PATTERNS:
-        totals = [_callgrind(valgrind, kwargs, pattern, n) for n in (calls, 5 * calls)]
+        totals = [_callgrind(valgrind, kwargs, pattern, n, 5 * calls) for n in (calls, 5 * calls)]
         counts[pattern] = (totals[1] - totals[0]) / (4 * calls)
     return {
         "calls": 4 * calls,
@@ -314,20 +336,24 @@ import json, sys
 from bench.invocation import _handlers
 from lambda_db.testing import LambdaContext
 kwargs, pattern, calls = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-with _handlers(kwargs, "callgrind") as handlers:
+made = int(sys.argv[4])
+with _handlers(kwargs, "callgrind", only=pattern) as handlers:
     handler = handlers[pattern]
-    contexts = [LambdaContext(timeout=900.0) for _ in range(calls)]
-    for context in contexts:
+    contexts = [LambdaContext(timeout=900.0) for _ in range(made)]
+    for context in contexts[:calls]:
         handler({}, context)
 """
 
 
-def _callgrind(valgrind: str, kwargs: Mapping[str, Any], pattern: str, calls: int) -> int:
+def _callgrind(
+    valgrind: str, kwargs: Mapping[str, Any], pattern: str, calls: int, contexts: int
+) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         result = subprocess.run(
             [
                 valgrind, "--tool=callgrind", f"--callgrind-out-file={tmp}/out",
-                sys.executable, "-c", _CHILD, json.dumps(dict(kwargs)), pattern, str(calls),
+                sys.executable, "-c", _CHILD, json.dumps(dict(kwargs)), pattern,
+                str(calls), str(contexts),
             ],
             capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip

@@ -194,7 +194,8 @@ def _invocation_lines(inv: Mapping[str, Any]) -> list[str]:
         "adds 1 ms per round trip (a VPC hop and RDS Proxy); round trips = the added latency "
         "over that of one bare `SELECT 1`; CPU is `time.process_time()` (every thread of the "
         f"process) per invocation, medians of {cpu['rounds']} interleaved rounds of "
-        f"{cpu['calls_per_round']:,} invocations.",
+        f"{cpu['calls_per_round']:,} invocations; its ratio to naive is the median of the "
+        "rounds' own ratios (each batch against the naive batch of its round).",
         "",
         *_table(
             [
