@@ -53,8 +53,9 @@ def healthy(db: Database, conn: Any, now: float) -> bool:
     ):
         return False
     # Loaded, then called: ``obj.attr(...)`` compiles to LOAD_METHOD, which CPython 3.11
-    # specializes only for functions defined on the class; a load of an instance value
-    # or a slot (LOAD_ATTR) is specialized.
+    # specializes only when ``attr`` is a method of the type (a Python function or a C
+    # method descriptor) not shadowed by the instance; these are an instance value and
+    # a slot holding callables, whose loads (LOAD_ATTR) it does specialize.
     session, status, poll = driver.session, driver.status, transport.poll
     try:
         return (

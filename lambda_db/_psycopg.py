@@ -91,8 +91,8 @@ class PsycopgDriver:
 
     def __init__(self) -> None:
         # C-level callables (Driver.status, Driver.session) stored on the instance: the
-        # warm path loads them, then calls them, and CPython 3.11 specializes a load of an
-        # instance value (a method call on a class attribute it does not).
+        # warm path loads them, then calls them; CPython 3.11 specializes a load of an
+        # instance value, not ``driver.status(conn)`` on an attribute that is no function.
         self.status: Callable[[Any], int] = operator.attrgetter("pgconn.transaction_status")
         self.session: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(
             "closed", "autocommit", "isolation_level", "read_only", "deferrable"

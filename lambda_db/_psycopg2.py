@@ -49,8 +49,8 @@ class Psycopg2Driver:
 
     def __init__(self) -> None:
         # C-level callables (Driver.status, Driver.session) stored on the instance: the
-        # warm path loads them, then calls them, and CPython 3.11 specializes a load of an
-        # instance value (a method call on a class attribute it does not).
+        # warm path loads them, then calls them; CPython 3.11 specializes a load of an
+        # instance value, not ``driver.status(conn)`` on an attribute that is no function.
         self.status: Callable[[Any], int] = operator.methodcaller("get_transaction_status")
         self.session: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(
             "closed", "autocommit", "isolation_level", "readonly", "deferrable"

@@ -146,7 +146,8 @@ def test_an_alarm_armed_while_the_thread_scans_is_not_missed() -> None:
         def _scan(self, now: float, *, fire: bool) -> float | None:
             earliest = super()._scan(now, fire=fire)
             if fire and t1.was_cut and not injected.is_set():
-                injected.set()  # the thread holds the lock: this arm must take none
+                injected.set()  # the thread holds the lock; arm() takes none, and
+                # nothing tells the thread: only its second look can find this alarm
                 self.arm(t2, time.monotonic() + 0.05)
             return earliest
 
