@@ -12,7 +12,7 @@ connection; an invocation checks it at its first use, cheapest first:
    environment was frozen (it leaves EOF or an error message to read) with no round trip;
 5. ``SELECT 1`` (in autocommit: no transaction) only after ``idle_ping_after`` of idleness.
 
-:func:`healthy` is the warm path (1 to 4 and the idle time: no round trip, no allocation);
+:func:`healthy` is the warm path (1 to 4 and the idle time: no round trip, C-level reads);
 when it says no, :func:`acquire` looks again and decides. A connection that fails a check
 is closed and replaced before anyone sees it. *How* each step is done is
 :mod:`lambda_db._link`'s (open, bounded round trip, close), the driver's

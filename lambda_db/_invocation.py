@@ -45,8 +45,8 @@ class Invocation:
     ``autocommit``.
 
     The warm path (a healthy cached connection) is written for cost: the invocation
-    allocates nothing but itself, and a :class:`~lambda_db._deadline.Deadline` is built
-    only when something needs its arithmetic (a reconnect, a ping, an error message).
+    builds no helper object, and a :class:`~lambda_db._deadline.Deadline` is built only
+    when something needs its arithmetic (a reconnect, a ping, an error message).
     """
 
     __slots__ = (
