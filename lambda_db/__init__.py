@@ -3,6 +3,8 @@
 See the README for the design; the public API is this list.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from lambda_db._stats import Stats
 from lambda_db.batch import process_batch
 from lambda_db.config import Settings
@@ -19,7 +21,9 @@ from lambda_db.errors import (
     TransactionOrderError,
 )
 from lambda_db.handler import default_database, get_connection, reset, with_connection
-from lambda_db.idempotency import idempotent
+
+if TYPE_CHECKING:
+    from lambda_db.idempotency import idempotent
 
 __all__ = [
     "AuthenticationError",
@@ -43,3 +47,15 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``lambda_db.idempotent`` is imported at its first use (PEP 562): its package loads
+    hashlib, json and dataclasses, which a function that never uses it should not pay for
+    at its cold start. ``from lambda_db import idempotent`` works as before."""
+    if name == "idempotent":
+        from lambda_db.idempotency import idempotent
+
+        globals()["idempotent"] = idempotent  # (found directly from now on)
+        return idempotent
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

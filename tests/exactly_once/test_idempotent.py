@@ -332,8 +332,33 @@ def test_import_lambda_db_loads_neither_jmespath_nor_powertools_idempotency() ->
         "assert 'aws_lambda_powertools.utilities.idempotency' in sys.modules\n"
         "print(layer.__name__)\n"
     )
+    assert _python(code) == "PostgresPersistenceLayer"
+
+
+def test_import_lambda_db_leaves_idempotent_until_it_is_used() -> None:
+    """``import lambda_db`` loads no idempotency module (nor hashlib, json, dataclasses, which
+    only it needs); ``lambda_db.idempotent`` and ``from lambda_db import idempotent`` load
+    it, and both give the same decorator; an unknown name is still an AttributeError."""
+    code = (
+        "import sys, lambda_db\n"
+        "heavy = ('lambda_db.idempotency', 'hashlib', 'json', 'dataclasses')\n"
+        "before = [m for m in heavy if m in sys.modules]\n"
+        "from lambda_db import idempotent\n"
+        "from lambda_db.idempotency import idempotent as direct\n"
+        "assert idempotent is direct is lambda_db.idempotent, 'not the same decorator'\n"
+        "try:\n"
+        "    lambda_db.idempotence\n"
+        "except AttributeError as exc:\n"
+        "    missing = str(exc)\n"
+        "print(before, 'lambda_db.idempotency' in sys.modules, missing)\n"
+    )
+    assert _python(code) == "[] True module 'lambda_db' has no attribute 'idempotence'"
+
+
+def _python(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (its stderr when it fails)."""
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "PostgresPersistenceLayer"
+    return result.stdout.strip()
