@@ -133,7 +133,7 @@ def _run_server_sections(
 
         _say("burst")
         results["burst"] = burst(
-            pg, environments=10 if quick else 50, role_limit=4 if quick else 20, work=0.2
+            pg, environments=10 if quick else 50, role_limit=4 if quick else 20
         )
     if "load" in only:
         from bench.burst import load

@@ -49,13 +49,21 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    """``lambda_db.idempotent`` is imported at its first use (PEP 562): its package loads
-    hashlib, json and dataclasses, which a function that never uses it should not pay for
-    at its cold start. ``from lambda_db import idempotent`` works as before."""
-    if name == "idempotent":
-        from lambda_db.idempotency import idempotent
+if not TYPE_CHECKING:  # (mypy would take a module __getattr__ as "any name exists")
 
-        globals()["idempotent"] = idempotent  # (found directly from now on)
-        return idempotent
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        """``idempotent`` and the ``idempotency`` package are imported at their first use
+        (PEP 562): that package loads hashlib, json and dataclasses, which a function that
+        never uses it should not pay for at its cold start. ``from lambda_db import
+        idempotent`` and ``lambda_db.idempotency.ensure_schema`` work as before."""
+        if name in ("idempotent", "idempotency"):
+            import importlib
+
+            package = importlib.import_module("lambda_db.idempotency")  # sets .idempotency
+            globals()["idempotent"] = package.idempotent  # (found directly from now on)
+            return globals()[name]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        """The module's names, the lazy ones included."""
+        return sorted({*globals(), *__all__, "idempotency"})

@@ -42,9 +42,13 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "PostgresPersistenceLayer":
-        from lambda_db.idempotency._powertools import PostgresPersistenceLayer
+if not TYPE_CHECKING:  # (mypy would take a module __getattr__ as "any name exists")
 
-        return PostgresPersistenceLayer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> Any:
+        """``PostgresPersistenceLayer`` is imported at its first use: it loads Powertools'
+        idempotency utility."""
+        if name == "PostgresPersistenceLayer":
+            from lambda_db.idempotency._powertools import PostgresPersistenceLayer
+
+            return PostgresPersistenceLayer
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

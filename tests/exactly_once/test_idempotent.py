@@ -353,6 +353,13 @@ def test_import_lambda_db_leaves_idempotent_until_it_is_used() -> None:
         "print(before, 'lambda_db.idempotency' in sys.modules, missing)\n"
     )
     assert _python(code) == "[] True module 'lambda_db' has no attribute 'idempotence'"
+    # The package itself, as the README's schema job and Powertools users reach it.
+    code = (
+        "import lambda_db\n"
+        "assert 'idempotent' in dir(lambda_db) and 'idempotency' in dir(lambda_db)\n"
+        "print(lambda_db.idempotency.ensure_schema.__name__)\n"
+    )
+    assert _python(code) == "ensure_schema"
 
 
 def _python(code: str) -> str:
