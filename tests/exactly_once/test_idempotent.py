@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +22,7 @@ from lambda_db.idempotency._store import Store
 from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
 from tests.exactly_once.conftest import insert_order, order_count, records
+from tests.support.interpreter import fresh_python
 from tests.support.pinlog import PinLog
 
 Handler = Callable[..., Any]
@@ -332,7 +331,7 @@ def test_import_lambda_db_loads_neither_jmespath_nor_powertools_idempotency() ->
         "assert 'aws_lambda_powertools.utilities.idempotency' in sys.modules\n"
         "print(layer.__name__)\n"
     )
-    assert _python(code) == "PostgresPersistenceLayer"
+    assert fresh_python(code) == "PostgresPersistenceLayer"
 
 
 def test_import_lambda_db_leaves_idempotent_until_it_is_used() -> None:
@@ -352,20 +351,11 @@ def test_import_lambda_db_leaves_idempotent_until_it_is_used() -> None:
         "    missing = str(exc)\n"
         "print(before, 'lambda_db.idempotency' in sys.modules, missing)\n"
     )
-    assert _python(code) == "[] True module 'lambda_db' has no attribute 'idempotence'"
+    assert fresh_python(code) == "[] True module 'lambda_db' has no attribute 'idempotence'"
     # The package itself, as the README's schema job and Powertools users reach it.
     code = (
         "import lambda_db\n"
         "assert 'idempotent' in dir(lambda_db) and 'idempotency' in dir(lambda_db)\n"
         "print(lambda_db.idempotency.ensure_schema.__name__)\n"
     )
-    assert _python(code) == "ensure_schema"
-
-
-def _python(code: str) -> str:
-    """What ``code`` prints, run in a fresh interpreter (its stderr when it fails)."""
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    assert fresh_python(code) == "ensure_schema"

@@ -3,24 +3,17 @@ psycopg 3's exceptions mean to the classifier."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import lambda_db
 from lambda_db._classify import Failure, classify, classify_connect_error, disconnected
 from lambda_db._driver import get_driver
 from lambda_db.config import DRIVERS
+from tests.support.interpreter import fresh_python
 
 psycopg = pytest.importorskip("psycopg")
 
 from lambda_db._psycopg import parse_isolation_level  # noqa: E402 (needs psycopg)
-
-
-def run(code: str) -> str:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return out.stdout.strip()
 
 
 def test_import_lambda_db_loads_no_psycopg_3() -> None:
@@ -34,7 +27,7 @@ def test_import_lambda_db_loads_no_psycopg_3() -> None:
         "db.driver\n"  # the first use: now it is imported
         "print(before, 'psycopg' in sys.modules)\n"
     )
-    assert run(code) == "[] True"
+    assert fresh_python(code) == "[] True"
 
 
 def test_db_driver_chooses_psycopg_3() -> None:
