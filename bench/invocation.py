@@ -283,26 +283,50 @@ def _ping_handler(conn: Any) -> Handler:
     return ping
 
 
-def cpu(kwargs: Mapping[str, Any], *, rounds: int, calls: int) -> dict[str, Any]:
+#: What the cold-cache CPU run writes through before each invocation: the size of this
+#: machine's last-level cache (an AMD EPYC's 32 MiB L3), so little of the last
+#: invocation is left in any level.
+COLD_EVICT = 32 * 1024 * 1024
+
+
+def cpu(kwargs: Mapping[str, Any], *, rounds: int, calls: int, evict: int = 0) -> dict[str, Any]:
     """CPU µs per warm invocation (every thread of the process), medians of interleaved
     batches, and each pattern's ratio to the naive one: the median of the rounds' own
     ratios, each batch against the naive batch of its round (a shared machine's load drifts
-    between rounds, and a ratio of two medians taken from different rounds carries it)."""
+    between rounds, and a ratio of two medians taken from different rounds carries it).
+
+    With ``evict`` (bytes), a buffer that size is written through, one byte per cache
+    line, before every invocation, and only the invocation is timed: the CPU caches are
+    then as cold as many processes sharing few cores leave them (the load run's 50
+    environments on 2 cores), where every distinct piece of code or data an invocation
+    touches costs a miss."""
     samples: dict[str, list[float]] = {p: [] for p in PATTERNS}
+    buffer = bytearray(evict)
+    lines = bytes(len(range(0, evict, 64)))
     with _handlers(kwargs, "cpu") as handlers:
         contexts = [LambdaContext(timeout=900.0) for _ in range(calls)]
         for _ in range(rounds):
             for pattern in PATTERNS:
                 handler = handlers[pattern]
-                start = time.process_time()
-                for context in contexts:
-                    handler({}, context)
-                samples[pattern].append((time.process_time() - start) / calls * 1e6)
+                if evict:
+                    spent = 0.0
+                    for context in contexts:
+                        buffer[::64] = lines
+                        start = time.process_time()
+                        handler({}, context)
+                        spent += time.process_time() - start
+                else:
+                    start = time.process_time()
+                    for context in contexts:
+                        handler({}, context)
+                    spent = time.process_time() - start
+                samples[pattern].append(spent / calls * 1e6)
     medians = {p: statistics.median(v) for p, v in samples.items()}
     naive = samples[NAIVE]
     return {
         "rounds": rounds,
         "calls_per_round": calls,
+        "evict_bytes": evict,
         "cpu_us": medians,
         "ratio_to_naive": {
             p: statistics.median(x / n for x, n in zip(v, naive, strict=True))
@@ -370,6 +394,9 @@ def run(pg: LocalPostgres, kwargs: Mapping[str, Any], *, quick: bool) -> dict[st
         "statements": statements(),
         "latency": latency(kwargs, pg, rounds=3 if quick else 9, calls=20 if quick else 50),
         "cpu": cpu(kwargs, rounds=5 if quick else 21, calls=200 if quick else 1000),
+        "cpu_cold": cpu(
+            kwargs, rounds=3 if quick else 11, calls=50 if quick else 300, evict=COLD_EVICT
+        ),
         "instructions": instructions(kwargs, calls=50 if quick else 250),
     }
 

@@ -179,6 +179,7 @@ def _invocation_goals(r: Mapping[str, Any]) -> list[tuple[str, str, bool | None]
 
 def _invocation_lines(inv: Mapping[str, Any]) -> list[str]:
     counts, lat, cpu = inv["statements"], inv["latency"], inv["cpu"]
+    cold = inv.get("cpu_cold") or {"cpu_us": {}, "ratio_to_naive": {}}
     patterns = [p for p in counts if p != "untouched"]
     untouched = counts["untouched"]
     return [
@@ -195,7 +196,13 @@ def _invocation_lines(inv: Mapping[str, Any]) -> list[str]:
         "over that of one bare `SELECT 1`; CPU is `time.process_time()` (every thread of the "
         f"process) per invocation, medians of {cpu['rounds']} interleaved rounds of "
         f"{cpu['calls_per_round']:,} invocations; its ratio to naive is the median of the "
-        "rounds' own ratios (each batch against the naive batch of its round).",
+        "rounds' own ratios (each batch against the naive batch of its round). *Caches "
+        "cold*: the same, each invocation timed alone after "
+        f"{cold.get('evict_bytes', 0) // 2**20} MiB were written through (the machine's "
+        "last-level cache), "
+        f"{cold.get('rounds', 0)} rounds of {cold.get('calls_per_round', 0):,}: what an "
+        "invocation costs when many processes share few cores, as in the load runs below, "
+        "where each piece of code or data it touches is a cache miss.",
         "",
         *_table(
             [
@@ -207,6 +214,8 @@ def _invocation_lines(inv: Mapping[str, Any]) -> list[str]:
                 "round trips",
                 "CPU µs",
                 "CPU x naive",
+                "caches cold µs",
+                "cold x naive",
             ],
             [
                 [
@@ -218,6 +227,8 @@ def _invocation_lines(inv: Mapping[str, Any]) -> list[str]:
                     lat[p]["round_trips"],
                     cpu["cpu_us"][p],
                     cpu["ratio_to_naive"][p],
+                    cold["cpu_us"].get(p),
+                    cold["ratio_to_naive"].get(p),
                 ]
                 for p in patterns
             ],
@@ -263,6 +274,8 @@ def _pattern_rows(section: Mapping[str, Any]) -> list[list[Any]]:
                 s["p99_ms"],
                 s["max_ms"],
                 s["invocations_per_s"],
+                s.get("client_cpu_us_per_invocation"),
+                s.get("server_cpu_us_per_invocation"),
                 s["connects"],
                 s["rows_committed"],
                 s["ledger_exact"],
@@ -280,6 +293,8 @@ _PATTERN_HEADER = [
     "p99 ms",
     "max ms",
     "invocations/s",
+    "environments' CPU µs/inv",
+    "server CPU µs/inv",
     "connects",
     "rows committed",
     "rows == successes",
@@ -466,6 +481,12 @@ def render(r: Mapping[str, Any]) -> str:
             else f"{ours['environments']} environments x {ours['invocations_each']} "
             f"invocations; sessions terminated: {ours.get('sessions_killed', 0)} (lambda-db), "
             f"{section['naive'].get('sessions_killed', 0)} (naive)." + _runs_note(section)
+        )
+        setup += (
+            " CPU per invocation: the environments' (every process's `time.process_time()` "
+            "over its invocations: handler, driver, reporting to the parent) and the "
+            "server's (the postmaster and every child, live or exited, from `/proc`), "
+            "which on this 2-core machine is what throughput is made of."
         )
         lines += [f"## {title}", "", setup, "", *_table(_PATTERN_HEADER, _pattern_rows(section))]
         kinds = section["naive"].get("failure_kinds")
