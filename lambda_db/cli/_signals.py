@@ -6,10 +6,13 @@ behind what it started (a PostgreSQL server, a frozen runtime holding a connecti
 Within :func:`sigterm_interrupts` SIGTERM raises :class:`KeyboardInterrupt` instead, the
 command cleans up as it does on Ctrl-C, and ``main`` exits 130.
 
+:func:`wait_for_interrupt` is what such a command waits in: ``signal.pause()`` can sleep
+through the signal it waits for.
+
 Example::
 
     with sigterm_interrupts():
-        run_until_interrupted()
+        wait_for_interrupt()
 """
 
 from __future__ import annotations
@@ -17,10 +20,15 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import NoReturn
 
-__all__ = ["sigterm_interrupts"]
+__all__ = ["sigterm_interrupts", "wait_for_interrupt"]
+
+#: How long a signal taken by another thread may wait for the main thread to notice it.
+_NOTICE = 0.2
 
 
 @contextlib.contextmanager
@@ -39,3 +47,18 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def wait_for_interrupt() -> NoReturn:
+    """Sleep until Ctrl-C (or SIGTERM, within :func:`sigterm_interrupts`) raises
+    ``KeyboardInterrupt``; main thread only.
+
+    Not ``signal.pause()``: Linux hands a signal sent to the process to any of its threads
+    that does not block it. Python's C-level handler then only notes it, and the main
+    thread runs the Python handler at its next bytecode; a main thread in ``pause()``
+    never gets there when the signal interrupted another thread (``lambda-db dev`` has
+    lambda-db's watchdog thread once the schema setup ran, and hung there on a Ctrl-C).
+    Short sleeps bound the wait for that next bytecode to a fifth of a second.
+    """
+    while True:
+        time.sleep(_NOTICE)

@@ -28,7 +28,6 @@ import importlib.util
 import json
 import os
 import secrets
-import signal
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 
 from lambda_db.cli._connection import CommandError, UsageError
 from lambda_db.cli._output import summary
-from lambda_db.cli._signals import sigterm_interrupts
+from lambda_db.cli._signals import sigterm_interrupts, wait_for_interrupt
 
 __all__ = ["add_parser", "apply_schema", "env_json", "run"]
 
@@ -286,8 +285,7 @@ def _serve(args: argparse.Namespace, app_user: str, report_user: str) -> int:
             "Ctrl-C stops the server and deletes its data.",
             flush=True,
         )
-        while True:
-            signal.pause()  # until Ctrl-C or SIGTERM
+        wait_for_interrupt()  # until Ctrl-C or SIGTERM
     except KeyboardInterrupt:
         return 0  # the way to end it
     finally:

@@ -116,6 +116,25 @@ def stop_servers_under(path: Path) -> None:
                 break
 
 
+def threads_of(session: int) -> str:
+    """Every thread of the processes in ``session``: state, where it sleeps, signals
+    pending, blocked and ignored, and the command (what a hang leaves to look at)."""
+    ps = subprocess.run(
+        [
+            "ps",
+            "-L",
+            "-s",
+            str(session),
+            "-o",
+            "pid,tid,stat,wchan:24,pending,blocked,ignored,args",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return ps.stdout + ps.stderr
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie, or a stopped pid, is not running)."""
     try:
@@ -183,7 +202,10 @@ def test_the_local_loop_as_documented(
     assert [item["id"] for item in json.loads(responses[2]["body"])["items"]] == [1]
 
     os.killpg(terminal_1.pid, signal.SIGINT)  # Ctrl-C in the first terminal
-    output = terminal_1.communicate(timeout=STOP_TIMEOUT)[0]
+    try:
+        output = terminal_1.communicate(timeout=STOP_TIMEOUT)[0]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {STOP_TIMEOUT:g} s after Ctrl-C:\n{threads_of(terminal_1.pid)}")
     assert terminal_1.returncode == 0, output
     assert not env_json.exists()
     assert "Server stopped and removed." in output
