@@ -13,11 +13,8 @@ and the ledger checks committed rows against successful invocations.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from bench.timing import percentile
@@ -60,39 +57,18 @@ def _summary(
         "rows_committed": ledger.committed,
         "ledger_exact": not (ledger.lost or ledger.phantoms or ledger.duplicates)
         and ledger.committed == ledger.succeeded + ledger.unknown_committed,
-        # Every environment's CPU (handler, driver, reporting) over its invocations: on
-        # a machine with fewer cores than environments, what throughput is made of.
-        "client_cpu_us_per_invocation": sum(envs.cpu.values()) / len(outcomes) * 1e6,
+        # The environments' CPU (handler, driver, reporting) over their invocations,
+        # failed ones included; not the parent's, nor the server's.
+        "client_cpu_us_per_invocation": sum(envs.cpu_s.values()) / len(outcomes) * 1e6,
         "connects": counters["connects"],
         "retries": counters.get("retries"),
     }
-
-
-def server_cpu(pg: LocalPostgres) -> float:
-    """CPU seconds the server has used so far: the postmaster's own, its reaped children's
-    (backends that have exited) and its live children's (backends, the WAL writer, ...).
-    Linux only (``/proc``)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    postmaster = int((pg.datadir / "postmaster.pid").read_text().split()[0])
-
-    def fields(pid: int | str) -> list[str]:
-        # after the ``(comm)`` field, which may hold spaces: state is field 3
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2 :].split()
-
-    own = fields(postmaster)
-    total = sum(int(f) for f in own[11:15])  # utime, stime, cutime, cstime
-    for child in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
-        with contextlib.suppress(OSError):  # a child that has just gone
-            total += sum(int(f) for f in fields(child)[11:13])  # utime, stime
-    return total / ticks
 
 
 def _run(app_db: AppDb, plan: Plan, *, environments: int, **extra: Any) -> dict[str, Any]:
     """Run ``plan`` in ``environments`` processes (killing every session half-way when
     the plan freezes), sampling the server's connections; the summary."""
     killed = 0
-    server_before = server_cpu(app_db.pg)
     with (
         ConnectionSampler(app_db.pg, app_db.role) as sampler,
         Environments(plan, environments) as envs,
@@ -102,15 +78,8 @@ def _run(app_db: AppDb, plan: Plan, *, environments: int, **extra: Any) -> dict[
             killed = terminate_and_wait(app_db)
             envs.thaw()
         envs.finish()
-        server_s = server_cpu(app_db.pg) - server_before
     return _summary(
-        envs,
-        sampler,
-        app_db,
-        environments=environments,
-        sessions_killed=killed,
-        server_cpu_us_per_invocation=server_s / len(envs.outcomes) * 1e6,
-        **extra,
+        envs, sampler, app_db, environments=environments, sessions_killed=killed, **extra
     )
 
 

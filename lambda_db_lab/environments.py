@@ -101,7 +101,7 @@ class Environments:
         self.stats: dict[int, dict[str, int]] = {}
         #: Per environment, the CPU seconds (``time.process_time()``, every thread) its
         #: invocations took, from :meth:`start`'s release to its last invocation.
-        self.cpu: dict[int, float] = {}
+        self.cpu_s: dict[int, float] = {}
         #: When :meth:`start` released the environments (``time.monotonic()``).
         self.released = 0.0
         self._queue: Any = _mp.Queue()
@@ -210,7 +210,7 @@ class Environments:
             self._frozen.add(env)
         elif kind == "done":
             self._done.add(env)
-            self.stats[env], self.cpu[env] = rest
+            self.stats[env], self.cpu_s[env] = rest
         elif kind == "crashed":
             raise RuntimeError(f"environment {env} crashed:\n{rest[0]}")
 
@@ -227,7 +227,7 @@ def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw:
         handler, counters = _PATTERNS[plan.pattern]()
         reports.put(("ready", index))
         go.wait()
-        cpu = time.process_time()
+        cpu_start = time.process_time()
         seq = 0
         while not stop.is_set() and (plan.invocations is None or seq < plan.invocations):
             if seq == plan.freeze_after:
@@ -242,7 +242,8 @@ def _environment(plan: Plan, index: int, reports: Any, go: Any, stop: Any, thaw:
             seq += 1
             if plan.pause:
                 time.sleep(plan.pause)
-        reports.put(("done", index, counters(), time.process_time() - cpu))
+        cpu_s = time.process_time() - cpu_start
+        reports.put(("done", index, counters(), cpu_s))
         if plan.hold:
             stop.wait()
     except BaseException:  # noqa: BLE001 (reported to the parent, which raises it)
