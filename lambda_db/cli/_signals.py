@@ -51,14 +51,17 @@ def sigterm_interrupts() -> Iterator[None]:
 
 def wait_for_interrupt() -> NoReturn:
     """Sleep until Ctrl-C (or SIGTERM, within :func:`sigterm_interrupts`) raises
-    ``KeyboardInterrupt``; main thread only.
+    ``KeyboardInterrupt``. Main thread only.
 
-    Not ``signal.pause()``: Linux hands a signal sent to the process to any of its threads
-    that does not block it. Python's C-level handler then only notes it, and the main
-    thread runs the Python handler at its next bytecode; a main thread in ``pause()``
-    never gets there when the signal interrupted another thread (``lambda-db dev`` has
-    lambda-db's watchdog thread once the schema setup ran, and hung there on a Ctrl-C).
-    Short sleeps bound the wait for that next bytecode to a fifth of a second.
+    Not ``signal.pause()``: POSIX lets any thread that does not block a process-directed
+    signal take it (Linux prefers the main thread, but not always), and then Python's
+    C-level handler only notes it; the main thread runs the Python handler at its next
+    check, which a main thread in ``pause()`` never reaches (``lambda-db dev`` has a
+    second thread, lambda-db's watchdog, once its schema setup ran). CPython's ``pause()``
+    also does not look for a signal noted just before it. Short sleeps bound both to a
+    fifth of a second.
     """
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("wait_for_interrupt() runs in the main thread (signals go there)")
     while True:
         time.sleep(_NOTICE)

@@ -119,19 +119,16 @@ def stop_servers_under(path: Path) -> None:
 def threads_of(session: int) -> str:
     """Every thread of the processes in ``session``: state, where it sleeps, signals
     pending, blocked and ignored, and the command (what a hang leaves to look at)."""
-    ps = subprocess.run(
-        [
-            "ps",
-            "-L",
-            "-s",
-            str(session),
-            "-o",
-            "pid,tid,stat,wchan:24,pending,blocked,ignored,args",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    columns = "pid,tid,stat,wchan:24,pending,blocked,ignored,args"
+    try:
+        ps = subprocess.run(
+            ["ps", "-L", "-s", str(session), "-o", columns],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:
+        return f"(no ps: {exc})"
     return ps.stdout + ps.stderr
 
 
@@ -204,8 +201,12 @@ def test_the_local_loop_as_documented(
     os.killpg(terminal_1.pid, signal.SIGINT)  # Ctrl-C in the first terminal
     try:
         output = terminal_1.communicate(timeout=STOP_TIMEOUT)[0]
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"still running {STOP_TIMEOUT:g} s after Ctrl-C:\n{threads_of(terminal_1.pid)}")
+    except subprocess.TimeoutExpired as exc:
+        printed = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        pytest.fail(
+            f"still running {STOP_TIMEOUT:g} s after Ctrl-C (pg_ctl stop waits up to 60 s "
+            f"too):\n{threads_of(terminal_1.pid)}\nIt printed:\n{printed}"
+        )
     assert terminal_1.returncode == 0, output
     assert not env_json.exists()
     assert "Server stopped and removed." in output
