@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from lambda_db_lab.wait import wait_for
+from tests.support.interpreter import sigint_restored
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "local.md"
@@ -147,7 +148,7 @@ def terminal_1(workdir: Path, server_tmpdir: Path) -> Iterator[subprocess.Popen[
     """The first block, running in the background in its own process group (its terminal)."""
     script = "\n".join(documented()["terminal 1"])
     proc = subprocess.Popen(
-        ["bash", "-c", script],
+        sigint_restored(["bash", "-c", script]),  # Ctrl-C must reach it, as in a terminal
         cwd=workdir,
         env={**os.environ, "TMPDIR": str(server_tmpdir)},
         stdout=subprocess.PIPE,

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.support.interpreter import sigint_restored
+
 # A waiting command with a second thread, as ``lambda-db dev`` has lambda-db's watchdog.
 # The signal is sent to that thread (``pthread_kill``), which POSIX allows for a signal
 # sent to the process; "sent" is printed once it was. ``wait`` is the waiting under test.
@@ -34,7 +36,7 @@ except KeyboardInterrupt:
 
 def _run(wait: str, signum: str, timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", CHILD, wait, signum],
+        sigint_restored([sys.executable, "-c", CHILD, wait, signum]),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -1,11 +1,18 @@
-"""Run code in a fresh interpreter: what an import loads is only visible in one."""
+"""Child processes for tests: code in a fresh interpreter (what an import loads is only
+visible in one), and commands that must see a Ctrl-C."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-__all__ = ["fresh_python"]
+__all__ = ["fresh_python", "sigint_restored"]
+
+#: Puts SIGINT back to its default, then becomes the command (``exec`` keeps that).
+_RESTORE_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 def fresh_python(code: str) -> str:
@@ -20,3 +27,19 @@ def fresh_python(code: str) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
+
+
+def sigint_restored(argv: list[str]) -> list[str]:
+    """``argv`` run with SIGINT at its default, as a command typed in a terminal has it.
+
+    A test run started in the background (``make test &``, ``nohup ... &``) ignores
+    SIGINT, every child inherits that, and Python then installs no KeyboardInterrupt
+    handler: a command under test would never see its Ctrl-C. A shell cannot undo it
+    (``trap`` cannot reset a signal ignored on entry), hence this small exec.
+
+    >>> code = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    >>> run = subprocess.run(sigint_restored([sys.executable, "-c", code]), capture_output=True)
+    >>> run.stdout.strip()
+    b'True'
+    """
+    return [sys.executable, "-c", _RESTORE_SIGINT, *argv]
