@@ -8,9 +8,14 @@ import sys
 
 __all__ = ["fresh_python", "sigint_restored"]
 
-#: Puts SIGINT back to its default, then becomes the command (``exec`` keeps that).
-_RESTORE_SIGINT = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+#: Puts the signals a terminal leaves at their default back to it (a background job
+#: ignores SIGINT and SIGQUIT; Python ignores SIGPIPE and SIGXFSZ and, unlike subprocess,
+#: exec does not undo that), then becomes the command (exec keeps them so). ``-I``: no
+#: ``signal.py`` from the working directory.
+_RESTORE_SIGNALS = (
+    "import os, signal, sys\n"
+    "for name in ('SIGINT', 'SIGQUIT', 'SIGPIPE', 'SIGXFSZ'):\n"
+    "    signal.signal(getattr(signal, name), signal.SIG_DFL)\n"
     "os.execvp(sys.argv[1], sys.argv[1:])"
 )
 
@@ -30,16 +35,23 @@ def fresh_python(code: str) -> str:
 
 
 def sigint_restored(argv: list[str]) -> list[str]:
-    """``argv`` run with SIGINT at its default, as a command typed in a terminal has it.
+    """``argv`` run with SIGINT (and SIGQUIT, SIGPIPE, SIGXFSZ) at its default, as a command
+    typed in a terminal has it.
 
     A test run started in the background (``make test &``, ``nohup ... &``) ignores
     SIGINT, every child inherits that, and Python then installs no KeyboardInterrupt
     handler: a command under test would never see its Ctrl-C. A shell cannot undo it
     (``trap`` cannot reset a signal ignored on entry), hence this small exec.
 
+    Under a parent that ignores SIGINT, a child has no KeyboardInterrupt, unless:
+
+    >>> ignoring = [sys.executable, "-I", "-c", "import os, signal, sys; "
+    ...     "signal.signal(signal.SIGINT, signal.SIG_IGN); os.execvp(sys.argv[1], sys.argv[1:])"]
     >>> code = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
-    >>> run = subprocess.run(sigint_restored([sys.executable, "-c", code]), capture_output=True)
-    >>> run.stdout.strip()
+    >>> child = [sys.executable, "-c", code]
+    >>> subprocess.run([*ignoring, *child], capture_output=True).stdout.strip()
+    b'False'
+    >>> subprocess.run([*ignoring, *sigint_restored(child)], capture_output=True).stdout.strip()
     b'True'
     """
-    return [sys.executable, "-c", _RESTORE_SIGINT, *argv]
+    return [sys.executable, "-I", "-c", _RESTORE_SIGNALS, *argv]
