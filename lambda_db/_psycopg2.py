@@ -16,6 +16,14 @@ least 2) by a psycopg2 *wait callback* installed only while a connect is in prog
 polls the socket and gives up at the attempt's deadline. The callback is process-wide and
 forbids ``COPY`` in other threads while it is installed, which is why lambda-db uses it for
 connecting only and bounds statements with the watchdog (:mod:`lambda_db._watchdog`).
+
+Known limit (found 2026-12-03, not fixed): a statement that another thread starts while
+the callback is installed runs in psycopg2's green mode, and psycopg2 looks the callback
+up again as it begins to wait; if the connect ends and removes it in between, the
+statement fails with ``OperationalError: wait callback not available`` (a
+``ConnectionLostError`` to lambda-db). It takes a connect in one thread overlapping a
+statement's start in another: two databases used from threads at a cold start, say.
+Seen once, in the fresh-clone test run of commit 9704692, in a test that did just that.
 """
 
 from __future__ import annotations

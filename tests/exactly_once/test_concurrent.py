@@ -100,6 +100,13 @@ def run_together(calls: dict[str, tuple[Handler, float]], *, stagger: float = 0.
 @pytest.fixture
 def two_dbs(orders_db: AppDb) -> Any:
     dbs = [Database(orders_db.settings) for _ in range(2)]
+    for db in dbs:
+        # Connected before the threads start. A connect in one thread while the other's
+        # statement starts can fail that statement ("wait callback not available"): the
+        # connect guard's process-wide psycopg2 wait callback (lambda_db/_psycopg2.py),
+        # which these tests are not about.
+        with db.invocation(LambdaContext(timeout=10)):
+            db.get_connection()
     yield dbs
     for db in dbs:
         db.close()
