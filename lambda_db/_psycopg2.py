@@ -17,13 +17,21 @@ polls the socket and gives up at the attempt's deadline. The callback is process
 forbids ``COPY`` in other threads while it is installed, which is why lambda-db uses it for
 connecting only and bounds statements with the watchdog (:mod:`lambda_db._watchdog`).
 
-Known limit (found 2026-12-03, not fixed): a statement that another thread starts while
-the callback is installed runs in psycopg2's green mode, and psycopg2 looks the callback
-up again as it begins to wait; if the connect ends and removes it in between, the
-statement fails with ``OperationalError: wait callback not available`` (a
-``ConnectionLostError`` to lambda-db). It takes a connect in one thread overlapping a
-statement's start in another: two databases used from threads at a cold start, say.
-Seen once, in the fresh-clone test run of commit 9704692, in a test that did just that.
+Known limit (found 2026-12-03, not fixed): while the callback is installed, a statement
+(or psycopg2's ``BEGIN``, ``COMMIT``, ``ROLLBACK``) that another thread starts on any
+psycopg2 connection in the process runs in green mode, and psycopg2 looks the callback up
+again, after taking the GIL back, when it begins to wait. If the connect ended and
+removed it in between, the wait fails with ``OperationalError: wait callback not
+available`` and psycopg2 closes that connection, although the statement was already
+sent (the server runs it: an autocommit statement or a ``COMMIT`` may well have taken
+effect; inside a scope lambda-db reports ``ConnectionLostError``, for a ``COMMIT`` with
+the outcome unknown). Any connect opens the window (a cold start, a reconnect, a
+replacement after a failed check); large objects are refused in other threads while it
+is open, as ``COPY`` is. Seen once, in the fresh-clone test run of commit 9704692, where
+two databases were used from two threads as one of them connected. The psycopg 3 driver
+(``DB_DRIVER=psycopg``) has no such window: it drives its own connection generator and
+installs nothing process-wide. A fix would connect without a global callback (a blocking
+connect in a helper thread, waited for until the attempt's deadline).
 """
 
 from __future__ import annotations

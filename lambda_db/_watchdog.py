@@ -13,7 +13,8 @@ process sleeps until the earliest armed cutoff; if that transport is still armed
 shuts the socket down. The statement blocked in libpq returns at once with an error, the
 invocation raises :class:`~lambda_db.errors.DeadlineExceededError`, and the function still
 answers before Lambda's timeout. No wait callback is involved, so ``COPY``, large objects and
-statements from several threads work as usual.
+statements from several threads work as usual (but see the psycopg2 connect limit in
+:mod:`lambda_db._psycopg2`).
 
 Cost on the warm path: :meth:`Watchdog.arm` sets two attributes of the transport (no
 allocation: the transport carries its own alarm) and, in the common case, takes no lock:

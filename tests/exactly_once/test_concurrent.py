@@ -16,6 +16,7 @@ from lambda_db.testing import LambdaContext
 from lambda_db_lab.at_once import invoke_at_once
 from tests.conftest import AppDb
 from tests.exactly_once.conftest import order_count
+from tests.support.databases import opened
 
 HOLD = 0.3
 
@@ -99,17 +100,14 @@ def run_together(calls: dict[str, tuple[Handler, float]], *, stagger: float = 0.
 
 @pytest.fixture
 def two_dbs(orders_db: AppDb) -> Any:
-    dbs = [Database(orders_db.settings) for _ in range(2)]
-    for db in dbs:
-        # Connected before the threads start. A connect in one thread while the other's
-        # statement starts can fail that statement ("wait callback not available"): the
-        # connect guard's process-wide psycopg2 wait callback (lambda_db/_psycopg2.py),
-        # which these tests are not about.
-        with db.invocation(LambdaContext(timeout=10)):
-            db.get_connection()
-    yield dbs
-    for db in dbs:
-        db.close()
+    dbs: list[Database] = []
+    try:
+        for _ in range(2):
+            dbs.append(opened(Database(orders_db.settings)))  # before the threads start
+        yield dbs
+    finally:
+        for db in dbs:
+            db.close()
 
 
 def test_a_duplicate_whose_deadline_comes_first_gets_a_typed_error_in_time(

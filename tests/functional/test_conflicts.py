@@ -14,6 +14,7 @@ import lambda_db
 from lambda_db import Database, with_connection
 from lambda_db.testing import LambdaContext
 from tests.conftest import AppDb
+from tests.support.databases import opened
 from tests.support.drivers import Kit
 
 Handler = Callable[[Any, Any], int]
@@ -78,7 +79,7 @@ def run_both(handlers: dict[str, Handler]) -> dict[str, Any]:
 
 
 def test_conflicting_serializable_invocations_both_succeed_each_once(on_call: AppDb) -> None:
-    dbs = {name: Database(on_call.settings) for name in ("alice", "bob")}
+    dbs = {name: opened(Database(on_call.settings)) for name in ("alice", "bob")}
     runs: Counter[str] = Counter()
     barrier = threading.Barrier(2)
     handlers = {n: go_off_call(db, n, runs, barrier, retries=3) for n, db in dbs.items()}
@@ -93,7 +94,7 @@ def test_conflicting_serializable_invocations_both_succeed_each_once(on_call: Ap
 
 
 def test_without_retries_the_conflict_propagates_unchanged(on_call: AppDb, dbapi: Kit) -> None:
-    dbs = {name: Database(on_call.settings) for name in ("alice", "bob")}
+    dbs = {name: opened(Database(on_call.settings)) for name in ("alice", "bob")}
     runs: Counter[str] = Counter()
     barrier = threading.Barrier(2)
     handlers = {n: go_off_call(db, n, runs, barrier, retries=0) for n, db in dbs.items()}
